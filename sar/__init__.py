@@ -1,0 +1,46 @@
+"""sar: Semantic Anchor Regularization (Ge et al., AAAI 2024) for modern PyTorch.
+
+The core is :class:`SemanticAnchorRegularizer`; :mod:`sar.models` wraps smp segmentation
+models and image classifiers with it, :mod:`sar.baselines` holds the methods it is compared
+with, and :mod:`sar.anchors` makes and inspects pre-defined anchors.
+"""
+
+from . import anchors, baselines, config, models
+from .anchors import anchor_geometry, make_anchors
+from .baselines import CenterLoss, ETFClassifier, LogitAdjustedCrossEntropy, PrototypeRegularizer
+from .config import SMOKE, default_device, seed_everything
+from .models import (
+    RegularizedModel,
+    SARClassifier,
+    SARSegmentationModel,
+    SmallCNN,
+    build_classifier,
+    build_smp_model,
+)
+from .regularizer import SemanticAnchorRegularizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SMOKE",
+    "CenterLoss",
+    "ETFClassifier",
+    "LogitAdjustedCrossEntropy",
+    "PrototypeRegularizer",
+    "RegularizedModel",
+    "SARClassifier",
+    "SARSegmentationModel",
+    "SemanticAnchorRegularizer",
+    "SmallCNN",
+    "__version__",
+    "anchor_geometry",
+    "anchors",
+    "baselines",
+    "build_classifier",
+    "build_smp_model",
+    "config",
+    "default_device",
+    "make_anchors",
+    "models",
+    "seed_everything",
+]

@@ -1,0 +1,292 @@
+"""Semantic Anchor Regularization (Ge et al., AAAI 2024) as a plug-and-play ``nn.Module``.
+
+Defaults reproduce the authors' code (see ``SAR_SPEC``): Gaussian anchors, a three-block
+projector, a classifier-aware anchor cross-entropy weighted towards hard anchors, a gate
+that opens once every anchor is confidently classified, an EMA of the projected anchors
+(the *semantic anchors*) and a one-way MSE pull of features toward the anchor of their label.
+
+What differs from the original is engineering only: the classifier is handed in explicitly,
+the same loss keys come back on every step, the gate and the EMA stay on the device (no host
+sync), and the anchor branch runs in float32 under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .anchors import make_anchors
+
+Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
+PULL_DISTANCES = ("mse", "cosine")
+LOSS_KEYS = ("anchor_ce", "pull", "loss", "gate_passed", "gate_opened", "anchor_accuracy",
+             "min_anchor_prob")
+
+
+def build_projector(dim: int) -> nn.Sequential:
+    """The anchor projector: three (Linear, BatchNorm, ReLU) blocks, ``(C, D) -> (C, D)``.
+
+    BatchNorm treats the C anchor rows as its batch; the last ReLU makes the projected anchors
+    non-negative like the post-ReLU features they meet. The third Linear has no bias (it is a
+    1x1 conv followed by BN in the original, where a bias would be cancelled anyway).
+    """
+    blocks: list[nn.Module] = []
+    for bias in (True, True, False):
+        blocks += [nn.Linear(dim, dim, bias=bias), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+    return nn.Sequential(*blocks)
+
+
+class SemanticAnchorRegularizer(nn.Module):
+    """Pull features toward class anchors that the task's own classifier has learnt to classify.
+
+    Args:
+        num_classes: C, the number of classes of the task head.
+        feat_dim: D, the channel width of the feature that enters the classifier.
+        trade_off: weight of the pull loss (0.1 in the paper).
+        trade_off_ce: weight of the classifier-aware anchor cross-entropy (1.0).
+        filter_conf: anchors whose own-class probability exceeds this are dropped from the
+            anchor CE (0.9); a value >= 1 switches the filter off.
+        update_conf: the gate opens on a step where every anchor is argmax-correct and has
+            probability above this (0.8).
+        momentum: EMA momentum of the semantic anchors (0.999).
+        anchor_init: ``"gaussian"`` (original), ``"orthogonal"``, ``"etf"``, ``"hypersphere"``,
+            or a ``(C, D)`` tensor.
+        anchor_seed: seed of the anchor generator; anchors are identical on every process.
+        distance: pull distance, ``"mse"`` (original: mean over D of squared error) or
+            ``"cosine"`` (1 - cosine similarity).
+        detach_weights: detach the hard-anchor weights of the anchor CE (the original does not).
+        use_gate: if False the semantic anchors are updated and the pull applied on every step.
+        pull_after_open: if True the pull stays on once the gate has opened, instead of only on
+            steps where the gate passes (the original).
+        ignore_index: label value excluded from the pull (255).
+        validate: check shapes, label range and finiteness on every call. The value checks read
+            the tensors back to the host; switch them off for long GPU runs once inputs are known
+            to be clean.
+
+    Shapes:
+        features: ``(B, D)`` for classification or ``(B, D, H, W)`` for segmentation.
+        labels: ``(B,)``, or ``(B, h, w)`` / ``(B, 1, h, w)`` at any resolution; resized to
+            ``(H, W)`` by nearest neighbour.
+        classifier: ``nn.Linear(D, C)``, ``nn.Conv2d(D, C, k)`` with odd k and padding ``k // 2``
+            (applied to a 1x1 map), or a callable mapping ``(C, D) -> (C, C)`` logits.
+
+    Returns:
+        A dict with the same keys on every call (:data:`LOSS_KEYS`), all 0-dim tensors:
+        ``anchor_ce`` and ``pull`` (differentiable), ``loss`` (their sum, add it to the task
+        loss), and for logging ``gate_passed``/``gate_opened`` (0 or 1), ``anchor_accuracy`` and
+        ``min_anchor_prob``.
+
+    State (saved in ``state_dict``): buffer ``anchors`` (C, D), module ``projector``, buffer
+    ``semantic_anchors`` (C, D, the EMA), buffer ``gate_opened`` (bool) and ``num_updates``.
+    The EMA and gate are updated only in training mode.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        *,
+        trade_off: float = 0.1,
+        trade_off_ce: float = 1.0,
+        filter_conf: float = 0.9,
+        update_conf: float = 0.8,
+        momentum: float = 0.999,
+        anchor_init: str | torch.Tensor = "gaussian",
+        anchor_seed: int = 0,
+        distance: str = "mse",
+        detach_weights: bool = False,
+        use_gate: bool = True,
+        pull_after_open: bool = False,
+        ignore_index: int = 255,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if distance not in PULL_DISTANCES:
+            raise ValueError(f"distance must be one of {PULL_DISTANCES}, got {distance!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not 0.0 < update_conf < 1.0:
+            raise ValueError(f"update_conf must be in (0, 1), got {update_conf}")
+        if filter_conf <= 0.0:
+            raise ValueError(f"filter_conf must be > 0, got {filter_conf}")
+        self.num_classes, self.feat_dim = num_classes, feat_dim
+        self.trade_off, self.trade_off_ce = trade_off, trade_off_ce
+        self.filter_conf, self.update_conf, self.momentum = filter_conf, update_conf, momentum
+        self.distance, self.detach_weights = distance, detach_weights
+        self.use_gate, self.pull_after_open = use_gate, pull_after_open
+        self.ignore_index, self.validate = ignore_index, validate
+
+        self.register_buffer("anchors", make_anchors(anchor_init, num_classes, feat_dim, anchor_seed))
+        self.projector = build_projector(feat_dim)
+        self.register_buffer("semantic_anchors", torch.zeros(num_classes, feat_dim))
+        self.register_buffer("gate_opened", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, trade_off={self.trade_off},"
+            f" trade_off_ce={self.trade_off_ce}, filter_conf={self.filter_conf},"
+            f" update_conf={self.update_conf}, momentum={self.momentum}, distance={self.distance!r}"
+        )
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self, features: torch.Tensor, labels: torch.Tensor, classifier: Classifier
+    ) -> dict[str, torch.Tensor]:
+        labels = self._labels_at_feature_resolution(features, labels)
+        if self.validate:
+            self._check_values(features, labels)
+
+        # the anchor branch is tiny and drives a hard gate: keep it in float32 under autocast
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            projected = self.projector(self.anchors)
+            logits = self._classify(classifier, projected)
+            anchor_ce, per_anchor_ce, correct = self._anchor_cross_entropy(logits)
+
+        passed = self._gate(per_anchor_ce, correct)
+        if self.training:
+            self._update_semantic_anchors(projected.detach(), passed)
+        pull_on = self.gate_opened if self.pull_after_open else passed & self.gate_opened
+        pull = self.trade_off * torch.where(pull_on, self._pull(features, labels), 0.0)
+        return {
+            "anchor_ce": anchor_ce,
+            "pull": pull,
+            "loss": anchor_ce + pull,
+            "gate_passed": passed.float(),
+            "gate_opened": self.gate_opened.float(),
+            "anchor_accuracy": correct.float().mean(),
+            "min_anchor_prob": torch.exp(-per_anchor_ce.detach().max()),
+        }
+
+    # ------------------------------------------------------------------------ anchor branch
+    def _classify(self, classifier: Classifier, projected: torch.Tensor) -> torch.Tensor:
+        """Logits ``(C, C)`` of the task classifier on the projected anchors ``(C, D)``."""
+        if isinstance(classifier, nn.Conv2d):
+            centred = classifier.padding == "same" or classifier.padding == tuple(
+                k // 2 for k in classifier.kernel_size)
+            if not centred or any(k % 2 == 0 for k in classifier.kernel_size):
+                raise ValueError(
+                    f"the classifier conv (kernel {classifier.kernel_size}, padding"
+                    f" {classifier.padding}) cannot map a 1x1 anchor to 1x1 logits;"
+                    " SAR needs an odd kernel with padding = kernel_size // 2"
+                )
+            logits = classifier(projected[:, :, None, None]).flatten(1)
+        else:
+            logits = classifier(projected)
+        if logits.shape != (self.num_classes, self.num_classes):
+            raise ValueError(
+                f"the classifier must map (C, D) = {tuple(projected.shape)} anchors to"
+                f" (C, C) = ({self.num_classes}, {self.num_classes}) logits, got"
+                f" {tuple(logits.shape)}: does it output num_classes={self.num_classes} classes?"
+            )
+        return logits
+
+    def _anchor_cross_entropy(
+        self, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hard-anchor-weighted CE, per-anchor CE ``(C,)`` and argmax correctness ``(C,)``.
+
+        With ``a_i = -log p'_i`` (``p'_i = 1`` for anchors above ``filter_conf``) the weights
+        ``w = log p' / (sum log p' + 1e-9)`` give ``sum_i CE_i w_i = sum a_i^2 / sum a_i``:
+        confident anchors drop out and hard ones count more.
+        """
+        target = torch.arange(self.num_classes, device=logits.device)
+        per_anchor_ce = F.cross_entropy(logits, target, reduction="none")
+        # log p' computed from the CE directly: log(exp(-ce)) would underflow for hard anchors
+        filtered_log_p = torch.where(per_anchor_ce < -math.log(self.filter_conf), 0.0,
+                                     -per_anchor_ce)
+        weights = filtered_log_p / (filtered_log_p.sum() + 1e-9)
+        if self.detach_weights:
+            weights = weights.detach()
+        anchor_ce = self.trade_off_ce * (per_anchor_ce * weights).sum()
+        correct = logits.detach().argmax(dim=1) == target
+        return anchor_ce, per_anchor_ce, correct
+
+    def _gate(self, per_anchor_ce: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """0-dim bool: every anchor argmax-correct and above ``update_conf`` (on the device)."""
+        if not self.use_gate:
+            return torch.ones((), dtype=torch.bool, device=correct.device)
+        confident = per_anchor_ce.detach() < -math.log(self.update_conf)
+        return (correct & confident).all()
+
+    @torch.no_grad()
+    def _update_semantic_anchors(self, projected: torch.Tensor, passed: torch.Tensor) -> None:
+        """First passing step copies the projected anchors; later ones blend them in (EMA)."""
+        first = passed & ~self.gate_opened
+        blended = self.momentum * self.semantic_anchors + (1.0 - self.momentum) * projected
+        updated = torch.where(first, projected, blended)
+        self.semantic_anchors.copy_(torch.where(passed, updated, self.semantic_anchors))
+        self.gate_opened |= passed
+        self.num_updates += passed.long()
+
+    # ---------------------------------------------------------------------------- the pull
+    def _pull(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean distance of each labelled feature to its (detached) semantic anchor."""
+        valid = labels != self.ignore_index
+        target = self.semantic_anchors[torch.where(valid, labels, 0)]  # (B, [H, W,] D)
+        if features.dim() == 4:
+            target = target.movedim(-1, 1)
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
+        if self.distance == "mse":
+            per_position = (features - target).pow(2).mean(dim=1)
+        else:
+            per_position = 1.0 - F.cosine_similarity(features, target, dim=1)
+        # an all-ignore batch gives 0, not NaN
+        return (per_position * valid).sum() / valid.sum().clamp(min=1)
+
+    # -------------------------------------------------------------------------- validation
+    def _labels_at_feature_resolution(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        if features.dim() not in (2, 4):
+            raise ValueError(
+                f"features must be (B, D) or (B, D, H, W), got shape {tuple(features.shape)}"
+            )
+        if features.shape[1] != self.feat_dim:
+            raise ValueError(
+                f"features have {features.shape[1]} channels but the regulariser was built with"
+                f" feat_dim={self.feat_dim}: pass the feature map that enters the classifier"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"batch mismatch: features have batch size {features.shape[0]}, labels"
+                f" {labels.shape[0]}"
+            )
+        if features.dim() == 2:
+            if labels.dim() != 1:
+                raise ValueError(
+                    f"for (B, D) features labels must be (B,), got {tuple(labels.shape)}"
+                )
+            return labels.long()
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.dim() != 3:
+            raise ValueError(
+                f"for (B, D, H, W) features labels must be (B, h, w), got {tuple(labels.shape)}"
+            )
+        size = features.shape[2:]
+        if labels.shape[1:] != size:
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
+        return labels.long()
+
+    def _check_values(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        in_range = (labels >= 0) & (labels < self.num_classes) | (labels == self.ignore_index)
+        if not bool(in_range.all()):
+            bad = labels[~in_range].unique()[:10].tolist()
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}) or equal ignore_index="
+                f"{self.ignore_index}; found {bad}"
+            )
+        if not bool(torch.isfinite(features).all()):
+            raise FloatingPointError(
+                "features contain NaN or Inf: the network diverged or the input has non-finite"
+                " values (check the learning rate and the data)"
+            )
