@@ -7,7 +7,13 @@ with, and :mod:`sar.anchors` makes and inspects pre-defined anchors.
 
 from . import anchors, baselines, config, models
 from .anchors import anchor_geometry, make_anchors
-from .baselines import CenterLoss, ETFClassifier, LogitAdjustedCrossEntropy, PrototypeRegularizer
+from .baselines import (
+    CenterLoss,
+    ETFClassifier,
+    LogitAdjustedCrossEntropy,
+    NoRegularizer,
+    PrototypeRegularizer,
+)
 from .config import SMOKE, default_device, seed_everything
 from .models import (
     RegularizedModel,
@@ -26,6 +32,7 @@ __all__ = [
     "CenterLoss",
     "ETFClassifier",
     "LogitAdjustedCrossEntropy",
+    "NoRegularizer",
     "PrototypeRegularizer",
     "RegularizedModel",
     "SARClassifier",

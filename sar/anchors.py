@@ -33,7 +33,9 @@ def gaussian_anchors(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
 def orthogonal_anchors(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
     """Mutually orthogonal rows of norm ``sqrt(D)``, ``(C, D)``; needs ``C <= D``."""
     if num_classes > dim:
-        raise ValueError(f"orthogonal anchors need num_classes <= dim, got C={num_classes}, D={dim}")
+        raise ValueError(
+            f"orthogonal anchors need num_classes <= dim, got C={num_classes}, D={dim}"
+        )
     q, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=_generator(seed)))
     return _with_row_norm(q.T.contiguous(), math.sqrt(dim))
 

@@ -3,6 +3,7 @@
 Regularisers (``forward(features, labels, classifier) -> dict`` with a ``"loss"`` key, the same
 keys on every call, same shapes as :class:`sar.SemanticAnchorRegularizer`):
 
+- :class:`NoRegularizer`: plain cross-entropy training through the same wrapper.
 - :class:`CenterLoss`: learned class centres, pulled both ways (Wen et al., ECCV 2016).
 - :class:`PrototypeRegularizer`: EMA class means taken from the features and pulled toward
   one-way, exactly like SAR's pull: the "EM paradigm" the paper argues against.
@@ -45,6 +46,15 @@ def _flatten_valid(
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * valid).sum() / valid.sum().clamp(min=1)
+
+
+class NoRegularizer(nn.Module):
+    """Adds nothing: plain cross-entropy through the same wrapper (features stay tappable)."""
+
+    def forward(
+        self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
+    ) -> dict[str, torch.Tensor]:
+        return {"loss": features.new_zeros((), dtype=torch.float32)}
 
 
 class CenterLoss(nn.Module):

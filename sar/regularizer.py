@@ -122,7 +122,8 @@ class SemanticAnchorRegularizer(nn.Module):
         self.use_gate, self.pull_after_open = use_gate, pull_after_open
         self.ignore_index, self.validate = ignore_index, validate
 
-        self.register_buffer("anchors", make_anchors(anchor_init, num_classes, feat_dim, anchor_seed))
+        anchors = make_anchors(anchor_init, num_classes, feat_dim, anchor_seed)
+        self.register_buffer("anchors", anchors)
         self.projector = build_projector(feat_dim)
         self.register_buffer("semantic_anchors", torch.zeros(num_classes, feat_dim))
         self.register_buffer("gate_opened", torch.zeros((), dtype=torch.bool))

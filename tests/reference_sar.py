@@ -126,10 +126,11 @@ class ReferenceSAR:
                 continue
             anchor = self.ema[label]
             if self.distance == "mse":
-                total += sum((f - a) ** 2 for f, a in zip(vector, anchor, strict=True)) / len(anchor)
+                squares = sum((f - a) ** 2 for f, a in zip(vector, anchor, strict=True))
+                total += squares / len(anchor)
             else:
                 dot = sum(f * a for f, a in zip(vector, anchor, strict=True))
-                norms = math.sqrt(sum(f * f for f in vector)) * math.sqrt(sum(a * a for a in anchor))
+                norms = math.sqrt(sum(f * f for f in vector) * sum(a * a for a in anchor))
                 total += 1.0 - dot / max(norms, 1e-8)
             count += 1
         return total / max(count, 1)

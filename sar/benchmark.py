@@ -1,0 +1,191 @@
+"""Side-by-side cost of SAR: train-step time and peak memory, with and without the regulariser.
+
+Plain and SAR steps are timed alternately in one process (ABAB...), so drift in the machine's
+speed hits both alike; the reported figure is the median over rounds. Peak memory is
+``torch.cuda.max_memory_allocated`` on a GPU and the peak resident set size of a fresh
+subprocess on the CPU (that one includes the interpreter and PyTorch themselves, so its ratio
+understates the relative cost of the tensors; the extra MiB are printed too).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .baselines import NoRegularizer
+from .models import (
+    RegularizedModel,
+    SARClassifier,
+    SARSegmentationModel,
+    build_classifier,
+    build_smp_model,
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workload: a model family, its input size and batch size."""
+
+    name: str
+    kind: str  # "segmentation" or "classification"
+    arch: str
+    batch: int
+    size: int
+    channels: int
+    num_classes: int
+
+
+CASES = {
+    "unet_resnet18": Case("smp Unet-resnet18", "segmentation", "Unet", 8, 64, 3, 11),
+    "small_cnn": Case("SmallCNN (28x28)", "classification", "small_cnn", 128, 28, 1, 10),
+    "resnet18": Case("ResNet-18 classifier (32x32)", "classification", "resnet18", 64, 32, 3, 10),
+}
+
+
+def build(case: Case, with_sar: bool, seed: int = 0) -> RegularizedModel:
+    """The case's model wrapped with SAR, or with :class:`NoRegularizer` (plain CE)."""
+    torch.manual_seed(seed)
+    if case.kind == "segmentation":
+        net = build_smp_model(case.arch, "resnet18", case.num_classes, case.channels)
+        return SARSegmentationModel(net, None if with_sar else NoRegularizer())
+    net = build_classifier(case.arch, case.num_classes, case.channels)
+    return SARClassifier(net, None if with_sar else NoRegularizer())
+
+
+def batch(case: Case, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.batch, case.channels, case.size, case.size, generator=g)
+    shape = (case.batch, case.size, case.size) if case.kind == "segmentation" else (case.batch,)
+    y = torch.randint(0, case.num_classes, shape, generator=g)
+    return x.to(device), y.to(device)
+
+
+def make_step(model: RegularizedModel, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One SGD training step (forward, CE + regulariser, backward, update)."""
+    optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    criterion = nn.CrossEntropyLoss(ignore_index=255)
+    amp = x.device.type == "cuda"
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, losses = model(x, y)
+            loss = criterion(logits, y) + losses["loss"]
+        loss.backward()
+        optimiser.step()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], None], steps: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def time_steps(case: Case, device: torch.device, steps: int, rounds: int) -> dict[str, float]:
+    """Median train-step and inference times (seconds) of plain vs SAR, measured alternately."""
+    models = {name: build(case, name == "sar").to(device).train() for name in ("plain", "sar")}
+    x, y = batch(case, device)
+    train = {name: make_step(m, x, y) for name, m in models.items()}
+
+    def infer(m: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                m.eval()(x)
+            m.train()
+        return run
+
+    for fn in train.values():  # warm-up: allocator, cuDNN, the gate's first steps
+        _time(fn, 3, device)
+    result: dict[str, list[float]] = {k: [] for k in
+                                      ("plain_train", "sar_train", "plain_infer", "sar_infer")}
+    for _ in range(rounds):
+        for name in ("plain", "sar"):
+            result[f"{name}_train"].append(_time(train[name], steps, device))
+            result[f"{name}_infer"].append(_time(infer(models[name]), steps, device))
+    return {key: statistics.median(values) for key, values in result.items()}
+
+
+def peak_memory(case: Case, device: torch.device, with_sar: bool, steps: int = 5) -> float:
+    """Peak memory in MiB of a few train steps (GPU: allocated tensors; CPU: process RSS)."""
+    if device.type == "cuda":
+        model = build(case, with_sar).to(device).train()
+        step = make_step(model, *batch(case, device))
+        step()
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            step()
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    script = (
+        "import resource, sys, torch\n"
+        "from sar.benchmark import CASES, build, batch, make_step\n"
+        f"case = CASES[{_key_of(case)!r}]\n"
+        f"step = make_step(build(case, {with_sar}).train(), *batch(case, torch.device('cpu')))\n"
+        f"for _ in range({steps}): step()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _key_of(case: Case) -> str:
+    return next(key for key, value in CASES.items() if value == case)
+
+
+@dataclass
+class Overhead:
+    """One row of the benchmark: times in milliseconds per step, memory in MiB."""
+
+    case: str
+    device: str
+    plain_ms: float
+    sar_ms: float
+    train_ratio: float
+    plain_infer_ms: float
+    sar_infer_ms: float
+    infer_ratio: float
+    plain_mib: float
+    sar_mib: float
+    memory_ratio: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def measure(case_key: str, device: torch.device, steps: int = 10, rounds: int = 5) -> Overhead:
+    """Time and memory of one case, SAR against plain, as ratios SAR / plain."""
+    case = CASES[case_key]
+    times = time_steps(case, device, steps, rounds)
+    plain_mib = peak_memory(case, device, with_sar=False)
+    sar_mib = peak_memory(case, device, with_sar=True)
+    return Overhead(
+        case=case.name,
+        device=str(device),
+        plain_ms=1e3 * times["plain_train"],
+        sar_ms=1e3 * times["sar_train"],
+        train_ratio=times["sar_train"] / times["plain_train"],
+        plain_infer_ms=1e3 * times["plain_infer"],
+        sar_infer_ms=1e3 * times["sar_infer"],
+        infer_ratio=times["sar_infer"] / times["plain_infer"],
+        plain_mib=plain_mib,
+        sar_mib=sar_mib,
+        memory_ratio=sar_mib / plain_mib,
+    )
