@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import segmentation_models_pytorch as smp
 import torch
 import torchvision
 from torch import nn
@@ -152,6 +151,8 @@ def build_smp_model(
     **kwargs: Any,
 ) -> nn.Module:
     """An smp model, offline by default (``encoder_weights=None``; ask for ``"imagenet"``)."""
+    import segmentation_models_pytorch as smp  # heavy (timm): imported only when needed
+
     return smp.create_model(arch, encoder_name=encoder_name, encoder_weights=encoder_weights,
                             in_channels=in_channels, classes=num_classes, **kwargs)
 
