@@ -1,0 +1,439 @@
+"""Evaluation metrics: classification accuracy, segmentation IoU, and feature geometry.
+
+Three families, all taking torch tensors (numpy arrays are converted):
+
+* **Classification** - :func:`accuracy`, :func:`per_class_accuracy`, :func:`shot_accuracy`
+  (many/medium/few-shot groups of a long-tailed benchmark).
+* **Segmentation** - :func:`confusion_matrix` and the quantities derived from it
+  (:func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`), plus the streaming
+  :class:`ConfusionMeter` for evaluation loops.
+* **Representation geometry** - how tightly features cluster around their class mean or
+  anchor (:func:`representation_metrics`, including neural-collapse NC1) and how much class
+  centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
+
+Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _tensor(x: ArrayLike) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _class_indices(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
+    return x.long()
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def accuracy(
+    preds_or_logits: ArrayLike, labels: ArrayLike, ignore_index: int | None = None
+) -> float:
+    """Fraction of correct predictions.
+
+    Args:
+        preds_or_logits: integer predictions with the shape of ``labels`` (e.g. ``(N,)``), or
+            float scores with one extra class dimension at position 1 (``(N, C)``, or
+            ``(B, C, H, W)`` for dense labels ``(B, H, W)``); scores are arg-maxed over it.
+        labels: integer true classes, e.g. ``(N,)``.
+        ignore_index: label value excluded from the count (``None``: count everything).
+
+    Returns:
+        Accuracy in ``[0, 1]``; NaN when no label is counted.
+    """
+    preds, labels = _tensor(preds_or_logits), _class_indices(_tensor(labels), "labels")
+    if preds.ndim == labels.ndim + 1:
+        preds = preds.argmax(dim=1)
+    if preds.shape != labels.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ")
+    keep = labels != ignore_index if ignore_index is not None else torch.ones_like(labels).bool()
+    if not keep.any():
+        return math.nan
+    return (preds[keep].long() == labels[keep]).double().mean().item()
+
+
+def per_class_accuracy(
+    preds: ArrayLike, labels: ArrayLike, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """Per-class recall: of the samples whose true class is ``c``, the fraction predicted ``c``.
+
+    Args:
+        preds: integer predictions, any shape; logits ``(N, C)`` are arg-maxed first.
+        labels: integer true classes, same shape as ``preds``.
+        num_classes: ``C``.
+        ignore_index: label value that is skipped.
+
+    Returns:
+        float64 tensor ``(C,)`` in ``[0, 1]``; NaN for a class absent from ``labels``.
+    """
+    preds, labels = _tensor(preds), _tensor(labels)
+    if preds.is_floating_point() and preds.ndim == labels.ndim + 1:
+        preds = preds.argmax(dim=1)
+    conf = confusion_matrix(preds, labels, num_classes, ignore_index).double()
+    support = conf.sum(dim=1)
+    return torch.where(support > 0, conf.diagonal() / support.clamp_min(1), math.nan)
+
+
+def shot_accuracy(
+    per_class_acc: ArrayLike, groups: Mapping[str, Sequence[int]]
+) -> dict[str, float]:
+    """Mean per-class accuracy within each group of classes.
+
+    Args:
+        per_class_acc: ``(C,)`` accuracies, e.g. from :func:`per_class_accuracy`; NaN entries
+            (classes absent from the evaluation set) are skipped.
+        groups: group name -> class indices, e.g. ``{"many": [...], "medium": [...],
+            "few": [...]}`` from training-set counts (many > 100, few < 20 images in the
+            usual long-tail convention).
+
+    Returns:
+        group name -> mean accuracy (unweighted over classes); NaN for an empty group.
+    """
+    acc = _tensor(per_class_acc).double()
+    result = {}
+    for name, classes in groups.items():
+        idx = torch.as_tensor(list(classes), dtype=torch.long)
+        result[name] = acc[idx].nanmean().item() if len(idx) else math.nan
+    return result
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def confusion_matrix(
+    preds: ArrayLike, labels: ArrayLike, num_classes: int, ignore_index: int | None = 255
+) -> torch.Tensor:
+    """Count matrix of (true class, predicted class) pairs, computed with one ``bincount``.
+
+    Args:
+        preds: integer predicted classes, any shape, e.g. ``(N,)`` or ``(B, H, W)``.
+        labels: integer true classes, same shape as ``preds``.
+        num_classes: ``C``.
+        ignore_index: label value whose positions are dropped (``None``: drop nothing).
+            Only ``labels`` are masked: a prediction must always be a real class.
+
+    Returns:
+        int64 tensor ``(C, C)`` on the device of ``labels``; entry ``[i, j]`` counts elements
+        of true class ``i`` predicted as ``j`` (rows = truth, like scikit-learn).
+
+    Raises:
+        ValueError: if the shapes differ or a kept value lies outside ``[0, C)``.
+    """
+    preds, labels = (
+        _class_indices(_tensor(preds), "preds"),
+        _class_indices(_tensor(labels), "labels"),
+    )
+    if preds.shape != labels.shape:
+        raise ValueError(
+            f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} must have the same shape"
+        )
+    preds, labels = preds.reshape(-1).to(labels.device), labels.reshape(-1)
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        preds, labels = preds[keep], labels[keep]
+    for name, values in (("labels", labels), ("preds", preds)):
+        bad = (values < 0) | (values >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"{name} contain values outside [0, {num_classes}) other than "
+                f"ignore_index={ignore_index}: {values[bad].unique()[:10].tolist()}"
+            )
+    flat = labels * num_classes + preds
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: ArrayLike) -> torch.Tensor:
+    """Intersection over union per class, ``TP / (TP + FP + FN)``.
+
+    Args:
+        confusion: ``(C, C)`` counts from :func:`confusion_matrix` (rows = truth).
+
+    Returns:
+        float64 tensor ``(C,)`` in ``[0, 1]``; NaN for a class that is neither present nor
+        predicted (its union is empty).
+    """
+    conf = _tensor(confusion).double()
+    tp = conf.diagonal()
+    union = conf.sum(dim=0) + conf.sum(dim=1) - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), math.nan)
+
+
+def mean_iou(confusion: ArrayLike) -> float:
+    """Mean IoU over classes with a non-empty union (NaN-mean of :func:`iou_per_class`)."""
+    return iou_per_class(confusion).nanmean().item()
+
+
+def pixel_accuracy(confusion: ArrayLike) -> float:
+    """Fraction of counted elements predicted correctly, ``trace / sum``; NaN if empty."""
+    conf = _tensor(confusion).double()
+    total = conf.sum()
+    return (conf.trace() / total).item() if total > 0 else math.nan
+
+
+class ConfusionMeter:
+    """Accumulates a confusion matrix over batches.
+
+    Example::
+
+        meter = ConfusionMeter(num_classes=21)
+        for images, masks in loader:
+            meter.update(model(images).argmax(1), masks)
+        print(meter.mean_iou())
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counts."""
+        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+
+    def update(self, preds: ArrayLike, labels: ArrayLike) -> None:
+        """Add one batch; shapes as in :func:`confusion_matrix`. Counts stay on the batch's
+        device so a GPU loop does not synchronise every step."""
+        batch = confusion_matrix(preds, labels, self.num_classes, self.ignore_index)
+        self.matrix = self.matrix.to(batch.device) + batch
+
+    def iou_per_class(self) -> torch.Tensor:
+        """float64 ``(C,)``; see :func:`iou_per_class`."""
+        return iou_per_class(self.matrix)
+
+    def mean_iou(self) -> float:
+        """See :func:`mean_iou`."""
+        return mean_iou(self.matrix)
+
+    def pixel_accuracy(self) -> float:
+        """See :func:`pixel_accuracy`."""
+        return pixel_accuracy(self.matrix)
+
+
+# ------------------------------------------------------------------- representation geometry
+
+
+def _features_and_labels(
+    features: ArrayLike, labels: ArrayLike, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = _tensor(features).double()
+    labels = _class_indices(_tensor(labels), "labels").to(feats.device)
+    if feats.ndim != 2 or labels.shape != feats.shape[:1]:
+        raise ValueError(
+            f"expected features (N, D) and labels (N,), got {tuple(feats.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    return feats, labels
+
+
+def _class_means64(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    sums = feats.new_zeros(num_classes, feats.shape[1]).index_add_(0, labels, feats)
+    counts = torch.bincount(labels, minlength=num_classes).to(feats.dtype)
+    means = sums / counts.clamp_min(1)[:, None]
+    means[counts == 0] = math.nan
+    return means
+
+
+def class_means(features: ArrayLike, labels: ArrayLike, num_classes: int) -> torch.Tensor:
+    """Mean feature of each class.
+
+    Args:
+        features: ``(N, D)`` float features.
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        num_classes: ``C``.
+
+    Returns:
+        ``(C, D)`` means (accumulated in float64, returned in the features' float dtype, or
+        float32 for integer input); rows of classes without samples are NaN.
+    """
+    feats, labels = _features_and_labels(features, labels, num_classes)
+    src = _tensor(features)
+    dtype = src.dtype if src.is_floating_point() else torch.float32
+    return _class_means64(feats, labels, num_classes).to(dtype)
+
+
+def _centred(means: torch.Tensor) -> torch.Tensor:
+    """Subtract the mean of the (non-NaN) rows: the global mean of the class means."""
+    return means - means.nanmean(dim=0, keepdim=True)
+
+
+def _pairwise_cosine(rows: torch.Tensor) -> torch.Tensor:
+    unit = F.normalize(rows, dim=-1, eps=1e-12)
+    return unit @ unit.transpose(-1, -2)
+
+
+def _nc1(residuals: torch.Tensor, centred_means: torch.Tensor) -> float:
+    """tr(Σ_W Σ_B⁺) / C without forming D × D matrices.
+
+    With ``M = U S Vᵀ`` the SVD of the (C, D) centred means, Σ_B = V diag(s²/C) Vᵀ and
+    Σ_B⁺ = V diag(C/s²) Vᵀ, so tr(Σ_W Σ_B⁺)/C = Σ_k (v_kᵀ Σ_W v_k) / s_k² and
+    v_kᵀ Σ_W v_k = ‖R v_k‖² / N for the (N, D) residuals R. Singular directions are kept by
+    the ``pinv`` rule for Σ_B: eigenvalue > max(D, D)·eps·largest eigenvalue.
+    """
+    _, s, vh = torch.linalg.svd(centred_means, full_matrices=False)
+    eig = s.square()
+    dim = centred_means.shape[1]
+    keep = eig > dim * torch.finfo(eig.dtype).eps * eig.max()
+    if not keep.any():
+        return math.nan
+    within = (residuals @ vh[keep].T).square().mean(dim=0)  # v_kᵀ Σ_W v_k, (K,)
+    return (within / eig[keep]).sum().item()
+
+
+def representation_metrics(
+    features: ArrayLike,
+    labels: ArrayLike,
+    num_classes: int,
+    anchors: ArrayLike | None = None,
+) -> dict[str, float]:
+    """Summary statistics of how features are arranged around their classes.
+
+    Computed in float64. ``μ_c`` is the mean of class ``c``'s features, ``μ_G`` the mean of
+    the class means (not of the samples, so a long tail does not drag it to the head), and
+    only the ``C'`` classes present in ``labels`` enter any average.
+
+    Args:
+        features: ``(N, D)`` float features (e.g. penultimate-layer outputs).
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        num_classes: ``C``.
+        anchors: optional ``(C, D)`` anchor per class, in the same space as ``features``.
+
+    Returns:
+        A dict of floats (units are squared feature units unless stated):
+
+        * ``compactness`` - mean over samples of ``‖f_i − μ_{y_i}‖²``; intra-class spread,
+          lower is more compact.
+        * ``separation`` - mean over unordered pairs of present classes of ``‖μ_a − μ_b‖²``.
+        * ``ratio`` - ``compactness / separation`` (scale-free; lower is better separated).
+        * ``nc1`` - neural-collapse NC1 (Papyan et al. 2020), ``tr(Σ_W Σ_B⁺) / C'`` with
+          ``Σ_W = 1/N Σ_i (f_i − μ_{y_i})(f_i − μ_{y_i})ᵀ``,
+          ``Σ_B = 1/C' Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ`` and ``⁺`` the Moore-Penrose
+          pseudo-inverse; dimensionless, → 0 as features collapse onto their class means.
+        * ``min_center_cosine`` / ``mean_center_cosine`` / ``max_center_cosine`` - minimum,
+          mean and maximum over pairs of present classes of ``cos(μ_a − μ_G, μ_b − μ_G)``;
+          a simplex ETF gives ``−1/(C'−1)`` for all three, and a high maximum flags the two
+          least separated classes.
+        * ``num_present`` - ``C'``.
+        * with ``anchors``: ``anchor_cosine`` - mean over samples of
+          ``cos(f_i, a_{y_i})`` (in ``[−1, 1]``, higher is closer to the anchor's direction);
+          ``anchor_distance`` - mean over samples of ``‖f_i − a_{y_i}‖² / D`` (per-dimension
+          squared distance).
+
+        Pair-based entries are NaN when fewer than two classes are present.
+    """
+    feats, labels = _features_and_labels(features, labels, num_classes)
+    means = _class_means64(feats, labels, num_classes)
+    present = ~means.isnan().any(dim=1)
+    residuals = feats - means[labels]
+    centred = _centred(means[present])
+    n_present = int(present.sum())
+
+    out: dict[str, float] = {"num_present": float(n_present)}
+    out["compactness"] = residuals.square().sum(dim=1).mean().item()
+    if n_present >= 2:
+        pairs = torch.triu_indices(n_present, n_present, offset=1, device=feats.device)
+        cos = _pairwise_cosine(centred)[pairs[0], pairs[1]]
+        out["separation"] = (
+            torch.cdist(means[present], means[present]).square()[pairs[0], pairs[1]].mean().item()
+        )
+        out["ratio"] = out["compactness"] / out["separation"]
+        out["nc1"] = _nc1(residuals, centred)
+        out["min_center_cosine"] = cos.min().item()
+        out["mean_center_cosine"] = cos.mean().item()
+        out["max_center_cosine"] = cos.max().item()
+    else:
+        for key in (
+            "separation",
+            "ratio",
+            "nc1",
+            "min_center_cosine",
+            "mean_center_cosine",
+            "max_center_cosine",
+        ):
+            out[key] = math.nan
+
+    if anchors is not None:
+        target = _tensor(anchors).double().to(feats.device)
+        if target.shape != (num_classes, feats.shape[1]):
+            raise ValueError(
+                f"anchors must be (C, D) = ({num_classes}, {feats.shape[1]}), "
+                f"got {tuple(target.shape)}"
+            )
+        target = target[labels]
+        out["anchor_cosine"] = F.cosine_similarity(feats, target, dim=1).mean().item()
+        out["anchor_distance"] = (feats - target).square().mean().item()
+    return out
+
+
+# ------------------------------------------------------------------------------------ drift
+
+
+def _run_pairs(centres: ArrayLike) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    c = _tensor(centres).double()
+    if c.ndim != 3 or c.shape[0] < 2:
+        raise ValueError(f"centres must be (S, C, D) with S >= 2 runs, got {tuple(c.shape)}")
+    return c, list(itertools.combinations(range(c.shape[0]), 2))
+
+
+def center_drift(centres: ArrayLike) -> float:
+    """How far each class centre moves between runs, in a shared feature space.
+
+    ``mean over run pairs (s, t) and classes c of 1 − cos(centres[s, c], centres[t, c])``,
+    ignoring NaN (absent) classes. Range ``[0, 2]``; 0 means every class points the same way
+    in every run.
+
+    Use it when the runs live in one coordinate system: snapshots of a single run across
+    epochs, or different seeds trained towards the same fixed anchors (SAR). Between
+    independently trained seeds without anchors the feature space is only defined up to a
+    rotation, so this is large even for identical geometry; use :func:`geometry_drift` there.
+
+    Args:
+        centres: ``(S, C, D)`` class centres (e.g. :func:`class_means`) of ``S`` runs.
+
+    Returns:
+        Mean cosine distance (dimensionless).
+    """
+    c, pairs = _run_pairs(centres)
+    dists = [1 - F.cosine_similarity(c[s], c[t], dim=1) for s, t in pairs]
+    return torch.stack(dists).nanmean().item()
+
+
+def geometry_drift(centres: ArrayLike) -> float:
+    """How much the *shape* of the class configuration differs between runs.
+
+    For each run, centre its class means on their mean and take the ``(C, C)`` matrix of
+    pairwise cosines ``G_s``; return the mean over run pairs of the mean absolute
+    off-diagonal difference ``|G_s − G_t|`` (the diagonal is always 1). NaN classes are
+    skipped. Range ``[0, 2]``.
+
+    Invariant to rotating, reflecting, uniformly scaling or translating any run, so it
+    compares independently trained seeds, whose feature axes are arbitrary. It cannot tell
+    whether a class moved in absolute terms; for that, in a shared space, use
+    :func:`center_drift`.
+
+    Args:
+        centres: ``(S, C, D)`` class centres of ``S`` runs.
+
+    Returns:
+        Mean absolute cosine difference (dimensionless).
+    """
+    c, pairs = _run_pairs(centres)
+    cos = _pairwise_cosine(c - c.nanmean(dim=1, keepdim=True))  # (S, C, C)
+    off = ~torch.eye(c.shape[1], dtype=torch.bool, device=c.device)
+    diffs = [(cos[s] - cos[t]).abs()[off] for s, t in pairs]
+    return torch.stack(diffs).nanmean().item()

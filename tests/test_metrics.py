@@ -1,0 +1,293 @@
+"""Tests for sar.metrics: hand-computed cases and agreement with scikit-learn / numpy loops."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from sar.metrics import (
+    ConfusionMeter,
+    accuracy,
+    center_drift,
+    class_means,
+    confusion_matrix,
+    geometry_drift,
+    iou_per_class,
+    mean_iou,
+    per_class_accuracy,
+    pixel_accuracy,
+    representation_metrics,
+    shot_accuracy,
+)
+
+
+@pytest.fixture
+def rand_preds() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (400,), generator=g)
+    noise = torch.randint(0, 5, (400,), generator=g)
+    preds = torch.where(torch.rand(400, generator=g) < 0.6, labels, noise)
+    return preds, labels
+
+
+# ---------------------------------------------------------------------------- classification
+
+
+def test_accuracy_hand_computed_preds_logits_and_numpy():
+    labels = torch.tensor([0, 1, 2, 1])
+    preds = torch.tensor([0, 1, 1, 1])
+    logits = torch.nn.functional.one_hot(preds, 3).float()
+    assert accuracy(preds, labels) == 0.75
+    assert accuracy(logits, labels) == 0.75
+    assert accuracy(preds.numpy(), labels.numpy()) == 0.75
+    assert accuracy(preds, labels, ignore_index=1) == 0.5
+
+
+def test_accuracy_matches_sklearn(rand_preds):
+    preds, labels = rand_preds
+    assert accuracy(preds, labels) == pytest.approx(skm.accuracy_score(labels, preds))
+
+
+def test_per_class_accuracy_hand_computed_with_absent_class():
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    preds = torch.tensor([0, 1, 1, 1, 0])
+    acc = per_class_accuracy(preds, labels, num_classes=3)
+    assert acc[:2].tolist() == pytest.approx([0.5, 2 / 3])
+    assert math.isnan(acc[2])
+
+
+def test_per_class_accuracy_matches_sklearn_recall(rand_preds):
+    preds, labels = rand_preds
+    ours = per_class_accuracy(preds, labels, 5).numpy()
+    np.testing.assert_allclose(ours, skm.recall_score(labels, preds, average=None))
+
+
+def test_shot_accuracy_skips_nan_and_handles_empty_group():
+    acc = torch.tensor([1.0, 0.5, math.nan, 0.0])
+    out = shot_accuracy(acc, {"many": [0, 1], "few": [2, 3], "none": []})
+    assert out["many"] == 0.75
+    assert out["few"] == 0.0
+    assert math.isnan(out["none"])
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+
+def test_confusion_matrix_hand_computed_rows_are_truth():
+    labels = torch.tensor([0, 0, 1, 2])
+    preds = torch.tensor([0, 1, 1, 0])
+    expected = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0]])
+    conf = confusion_matrix(preds, labels, 3)
+    assert conf.dtype == torch.int64
+    assert torch.equal(conf, expected)
+
+
+def test_confusion_matrix_matches_sklearn_on_segmentation_maps():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (2, 8, 9), generator=g)
+    preds = torch.randint(0, 4, (2, 8, 9), generator=g)
+    ours = confusion_matrix(preds, labels, 4).numpy()
+    ref = skm.confusion_matrix(labels.ravel(), preds.ravel(), labels=range(4))
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_confusion_matrix_masks_ignore_index():
+    labels = torch.tensor([[0, 255], [1, 255]])
+    preds = torch.tensor([[0, 1], [1, 0]])
+    conf = confusion_matrix(preds, labels, 2, ignore_index=255)
+    assert torch.equal(conf, torch.tensor([[1, 0], [0, 1]]))
+
+
+@pytest.mark.parametrize(
+    ("preds", "labels"),
+    [([0, 1], [0, 2]), ([0, -1], [0, 1]), ([0, 3], [0, 1]), ([0, 1], [0, 254])],
+)
+def test_confusion_matrix_rejects_out_of_range(preds, labels):
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(torch.tensor(preds), torch.tensor(labels), 2)
+
+
+def test_confusion_matrix_rejects_shape_mismatch_and_float_preds():
+    with pytest.raises(ValueError, match="same shape"):
+        confusion_matrix(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="integer"):
+        confusion_matrix(torch.zeros(3), torch.zeros(3, dtype=torch.long), 2)
+
+
+def test_iou_pixel_accuracy_hand_computed():
+    conf = torch.tensor([[3, 1, 0], [2, 4, 0], [0, 0, 0]])
+    iou = iou_per_class(conf)
+    # class 0: tp 3, fp 2, fn 1 -> 3/6; class 1: tp 4, fp 1, fn 2 -> 4/7; class 2 absent.
+    assert iou[:2].tolist() == pytest.approx([0.5, 4 / 7])
+    assert math.isnan(iou[2])
+    assert mean_iou(conf) == pytest.approx((0.5 + 4 / 7) / 2)
+    assert pixel_accuracy(conf) == pytest.approx(0.7)
+
+
+def test_iou_matches_sklearn_jaccard(rand_preds):
+    preds, labels = rand_preds
+    ours = iou_per_class(confusion_matrix(preds, labels, 5)).numpy()
+    np.testing.assert_allclose(ours, skm.jaccard_score(labels, preds, average=None))
+
+
+def test_confusion_meter_streams_batches():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 3, (4, 5, 5), generator=g)
+    labels[0, 0] = 255
+    preds = torch.randint(0, 3, (4, 5, 5), generator=g)
+    meter = ConfusionMeter(3, ignore_index=255)
+    for p, t in zip(preds, labels, strict=True):
+        meter.update(p, t)
+    full = confusion_matrix(preds, labels, 3)
+    assert torch.equal(meter.matrix, full)
+    assert meter.mean_iou() == mean_iou(full)
+    assert meter.pixel_accuracy() == pixel_accuracy(full)
+    meter.reset()
+    assert meter.matrix.sum() == 0
+
+
+# ------------------------------------------------------------------- representation geometry
+
+
+def _nc1_loop(feats: np.ndarray, labels: np.ndarray) -> float:
+    """Papyan et al. NC1 by explicit sums and numpy pinv (slow reference)."""
+    classes = np.unique(labels)
+    means = {c: feats[labels == c].mean(axis=0) for c in classes}
+    global_mean = np.mean([means[c] for c in classes], axis=0)
+    d = feats.shape[1]
+    sigma_w, sigma_b = np.zeros((d, d)), np.zeros((d, d))
+    for f, y in zip(feats, labels, strict=True):
+        r = f - means[y]
+        sigma_w += np.outer(r, r) / len(feats)
+    for c in classes:
+        r = means[c] - global_mean
+        sigma_b += np.outer(r, r) / len(classes)
+    return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, hermitian=True)) / len(classes))
+
+
+def _clusters(num_classes: int, per_class: int, dim: int, noise: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_classes, dim, generator=g) * 3
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    feats = centres[labels] + noise * torch.randn(len(labels), dim, generator=g)
+    return feats.double(), labels
+
+
+def test_class_means_hand_computed_nan_for_absent():
+    feats = torch.tensor([[0.0, 0.0], [2.0, 2.0], [1.0, -1.0]])
+    means = class_means(feats, torch.tensor([0, 0, 2]), num_classes=3)
+    assert means.dtype == torch.float32
+    assert means[0].tolist() == [1.0, 1.0]
+    assert means[2].tolist() == [1.0, -1.0]
+    assert means[1].isnan().all()
+
+
+def test_compactness_separation_ratio_for_two_known_clusters():
+    # Class 0 at x = ±1 around 0, class 1 at x = 4 ± 1: spread 1, distance 4.
+    feats = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [3.0, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    out = representation_metrics(feats, labels, num_classes=2)
+    assert out["compactness"] == pytest.approx(1.0)
+    assert out["separation"] == pytest.approx(16.0)
+    assert out["ratio"] == pytest.approx(1 / 16)
+    # Two centred means are antipodal.
+    assert out["min_center_cosine"] == pytest.approx(-1.0)
+    assert out["mean_center_cosine"] == pytest.approx(-1.0)
+    # Σ_W = diag(1, 0), Σ_B = diag(4, 0) -> tr(Σ_W Σ_B⁺)/2 = 1/8.
+    assert out["nc1"] == pytest.approx(1 / 8)
+
+
+def test_nc1_near_zero_when_collapsed_and_large_when_random():
+    collapsed, labels = _clusters(5, 20, 16, noise=1e-4)
+    assert representation_metrics(collapsed, labels, 5)["nc1"] < 1e-6
+    random = torch.randn(100, 16, generator=torch.Generator().manual_seed(3))
+    assert representation_metrics(random, labels, 5)["nc1"] > 1
+
+
+@pytest.mark.parametrize("dim", [3, 16])  # D < C - 1 and D > C - 1
+def test_nc1_matches_numpy_loop(dim):
+    feats, labels = _clusters(6, 15, dim, noise=2.0, seed=4)
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(5))]
+    ours = representation_metrics(feats, labels, 6)["nc1"]
+    assert ours == pytest.approx(_nc1_loop(feats.numpy(), labels.numpy()), rel=1e-6)
+
+
+def test_center_cosines_of_simplex():
+    # Means on a regular simplex: every centred pair has cosine -1/(C-1).
+    means = torch.eye(4) * 5
+    labels = torch.arange(4).repeat(3)
+    out = representation_metrics(means[labels], labels, 4)
+    assert out["min_center_cosine"] == pytest.approx(-1 / 3)
+    assert out["max_center_cosine"] == pytest.approx(-1 / 3)
+    assert out["nc1"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_anchor_metrics_hand_computed():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    feats = torch.tensor([[2.0, 0.0], [0.0, -2.0]])
+    out = representation_metrics(feats, torch.tensor([0, 1]), 2, anchors=anchors)
+    assert out["anchor_cosine"] == pytest.approx(0.0)  # (1 + -1) / 2
+    assert out["anchor_distance"] == pytest.approx((1.0 + 16.0) / 2 / 2)
+
+
+def test_representation_metrics_single_class_is_nan_for_pairs():
+    out = representation_metrics(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), 3)
+    assert math.isnan(out["separation"]) and math.isnan(out["nc1"])
+    assert out["num_present"] == 1.0
+
+
+# ------------------------------------------------------------------------------------ drift
+
+
+def test_center_drift_zero_for_identical_runs_positive_when_perturbed():
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(5, 8, generator=g)
+    same = torch.stack([base, base, base])
+    assert center_drift(same) == pytest.approx(0.0, abs=1e-12)
+    assert geometry_drift(same) == pytest.approx(0.0, abs=1e-12)
+    moved = torch.stack([base, base + 0.5 * torch.randn(5, 8, generator=g)])
+    assert center_drift(moved) > 0.01
+    assert geometry_drift(moved) > 0.01
+
+
+def test_center_drift_hand_computed():
+    run_a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    run_b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # class 0 turned 90°, class 1 unchanged
+    assert center_drift(torch.stack([run_a, run_b])) == pytest.approx(0.5)
+
+
+def test_geometry_drift_rotation_invariant_center_drift_not():
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+    runs = torch.stack([base, base @ rotation])
+    assert geometry_drift(runs) == pytest.approx(0.0, abs=1e-10)
+    assert center_drift(runs) > 0.1
+
+
+def test_geometry_drift_matches_pairwise_definition():
+    centres = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(8)).double()
+
+    def cos(m: torch.Tensor) -> torch.Tensor:
+        c = m - m.mean(0)
+        c = c / c.norm(dim=1, keepdim=True)
+        return c @ c.T
+
+    off = ~torch.eye(4, dtype=torch.bool)
+    expected = np.mean(
+        [
+            (cos(centres[s]) - cos(centres[t])).abs()[off].mean().item()
+            for s, t in itertools.combinations(range(3), 2)
+        ]
+    )
+    assert geometry_drift(centres) == pytest.approx(expected)
+
+
+def test_drift_needs_two_runs():
+    with pytest.raises(ValueError, match="S >= 2"):
+        center_drift(torch.randn(1, 3, 4))
