@@ -113,6 +113,11 @@ class SemanticAnchorRegularizer(nn.Module):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not 0.0 < update_conf < 1.0:
             raise ValueError(f"update_conf must be in (0, 1), got {update_conf}")
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(
+                f"ignore_index={ignore_index} is a real class id with num_classes={num_classes};"
+                " pass an ignore_index outside [0, num_classes), e.g. -100"
+            )
         if filter_conf <= 0.0:
             raise ValueError(f"filter_conf must be > 0, got {filter_conf}")
         self.num_classes, self.feat_dim = num_classes, feat_dim

@@ -308,7 +308,7 @@ def test_mismatched_classifier_raises(classifier, match):
 @pytest.mark.parametrize(
     "options, match",
     [({"distance": "l1"}, "distance"), ({"momentum": 1.0}, "momentum"),
-     ({"update_conf": 1.5}, "update_conf")],
+     ({"update_conf": 1.5}, "update_conf"), ({"ignore_index": 2}, "real class id")],
 )
 def test_bad_options_raise(options, match):
     with pytest.raises(ValueError, match=match):
