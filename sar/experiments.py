@@ -1,0 +1,435 @@
+"""The reproduction suite: named experiments that append one CSV row per finished run.
+
+    python -m sar.experiments longtail              # the full grid, resumable
+    python -m sar.experiments ablation --seeds 0 1 2
+    python -m sar.experiments segmentation --smoke  # a tiny grid (what the tests run)
+    python -m sar.experiments overhead
+    python -m sar.experiments render longtail       # figures + a markdown table from the CSV
+
+Each run is identified by (experiment, method, setting, seed); a row already in the CSV is
+skipped, so a long grid can be run over several sittings. Rows carry the hardware, the wall
+time and the git commit, so every number in the README and notebook 04 traces back here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import data as sar_data
+from .baselines import (
+    CenterLoss,
+    ETFClassifier,
+    LogitAdjustedCrossEntropy,
+    NoRegularizer,
+    PrototypeRegularizer,
+)
+from .benchmark import CASES as OVERHEAD_CASES
+from .benchmark import measure as measure_overhead
+from .config import default_device, seed_everything
+from .models import RegularizedModel, SARClassifier, SARSegmentationModel, SmallCNN, build_smp_model
+from .regularizer import SemanticAnchorRegularizer
+from .train import evaluate, fit
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+CLASSIFICATION_METHODS = ("ce", "logit_adjusted", "center", "prototype", "etf", "sar")
+SEGMENTATION_METHODS = ("ce", "prototype", "sar")
+KEY = ["experiment", "method", "setting", "seed"]
+
+# SAR's own knobs at imbalance factor 100; the last two separate its two mechanisms
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "filter off": {"filter_conf": 1.0},
+    "gate off": {"use_gate": False},
+    "pull after open": {"pull_after_open": True},
+    "momentum 0.9": {"momentum": 0.9},
+    "momentum 0.99": {"momentum": 0.99},
+    "trade_off 0.01": {"trade_off": 0.01},
+    "trade_off 1": {"trade_off": 1.0},
+    "trade_off_ce 0.1": {"trade_off_ce": 0.1},
+    "anchors orthogonal": {"anchor_init": "orthogonal"},
+    "anchors etf": {"anchor_init": "etf"},
+    "anchors hypersphere": {"anchor_init": "hypersphere"},
+    "cosine pull": {"distance": "cosine"},
+    "detached weights": {"detach_weights": True},
+    "pull off (anchor CE only)": {"trade_off": 0.0},
+    "anchor CE off (pull only)": {"trade_off_ce": 0.0, "use_gate": False},
+}
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ClassificationSetup:
+    """Network, schedule and data of the Fashion-MNIST-LT runs (shared by every method)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    width: int = 16
+    feat_dim: int = 64
+    max_count: int | None = 2000  # images of the head class (the tail has max_count / IF)
+    test_limit: int | None = None  # evaluate on the first N test images; None = all 10000
+    data_seed: int = 0  # fixes which classes are head and tail, for every training seed
+    imbalance_factors: tuple[float, ...] = (1, 10, 50, 100)
+
+
+@dataclass(frozen=True)
+class SegmentationSetup:
+    """Scene benchmark and schedule of the segmentation runs."""
+
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 0.01
+    size: int = 64
+    train_scenes: int = 2000
+    val_scenes: int = 500
+    imbalance_factor: float = 20.0
+    archs: tuple[str, ...] = ("Unet", "FPN", "DeepLabV3Plus")
+
+
+SMOKE_CLASSIFICATION = ClassificationSetup(
+    epochs=1, width=8, feat_dim=16, max_count=60, test_limit=200, imbalance_factors=(1, 10))
+SMOKE_SEGMENTATION = SegmentationSetup(
+    epochs=1, batch_size=8, size=32, train_scenes=16, val_scenes=8, archs=("Unet",))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a grid: what to train and how to label its row."""
+
+    experiment: str
+    method: str
+    setting: str
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.experiment, self.method, self.setting, self.seed)
+
+
+# ----------------------------------------------------------------------------- grids
+def longtail_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
+    # most imbalanced first: the cheapest runs and the claims that matter most come first
+    for factor in sorted(setup.imbalance_factors, reverse=True):
+        for method in CLASSIFICATION_METHODS:
+            for seed in seeds:
+                yield Run("longtail", method, f"if={factor:g}", seed, {"imbalance_factor": factor})
+
+
+def ablation_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
+    factor = max(setup.imbalance_factors)
+    for name, sar_options in ABLATIONS.items():
+        for seed in seeds:
+            yield Run("ablation", "sar", name, seed,
+                      {"imbalance_factor": factor, "sar_options": sar_options})
+
+
+def segmentation_grid(setup: SegmentationSetup, seeds: list[int]) -> Iterator[Run]:
+    for arch in setup.archs:
+        for method in SEGMENTATION_METHODS:
+            for seed in seeds:
+                yield Run("segmentation", method, arch, seed, {"arch": arch})
+
+
+# ------------------------------------------------------------------------- classification
+@dataclass
+class LongTailData:
+    train: sar_data.ClassificationDataset
+    test: sar_data.ClassificationDataset
+    counts: list[int]
+    groups: dict[str, list[int]]
+    source: str
+
+
+def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailData:
+    """Fashion-MNIST-LT (digits if Fashion-MNIST is missing) with a balanced test split."""
+    images, labels, _, source = sar_data.load_classification_data("fashion-mnist", "train")
+    test_images, test_labels, _, _ = sar_data.load_classification_data("fashion-mnist", "test")
+    if setup.test_limit is not None:
+        test_images, test_labels = test_images[: setup.test_limit], test_labels[: setup.test_limit]
+    tail = sar_data.make_long_tailed(labels, factor, seed=setup.data_seed,
+                                     max_count=setup.max_count)
+    train = sar_data.ClassificationDataset(*tail.apply(images, labels), augment=True)
+    test = sar_data.ClassificationDataset(test_images, test_labels, train.mean, train.std)
+    return LongTailData(train, test, tail.counts, sar_data.shot_groups(tail.counts), source)
+
+
+def build_classification_method(
+    method: str, num_classes: int, in_channels: int, setup: ClassificationSetup,
+    counts: list[int], sar_options: dict[str, Any] | None = None,
+) -> tuple[RegularizedModel, nn.Module | None]:
+    """A SmallCNN trained by ``method``, and the criterion (None = plain cross-entropy)."""
+    net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
+    c, d = num_classes, setup.feat_dim
+    if method == "sar":
+        return SARClassifier(net, SemanticAnchorRegularizer(c, d, **(sar_options or {}))), None
+    if method == "etf":
+        net.fc = ETFClassifier(d, c)
+        return RegularizedModel(net, net.fc, net.fc, NoRegularizer()), None
+    regularizers: dict[str, Callable[[], nn.Module]] = {
+        "ce": NoRegularizer, "logit_adjusted": NoRegularizer,
+        "center": lambda: CenterLoss(c, d), "prototype": lambda: PrototypeRegularizer(c, d),
+    }
+    if method not in regularizers:
+        raise ValueError(f"unknown method {method!r}; choose from {CLASSIFICATION_METHODS}")
+    criterion = LogitAdjustedCrossEntropy(counts) if method == "logit_adjusted" else None
+    return SARClassifier(net, regularizers[method]()), criterion
+
+
+def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,
+                       cache: dict[float, LongTailData]) -> dict[str, Any]:
+    factor = run.options["imbalance_factor"]
+    if factor not in cache:
+        cache[factor] = load_longtail_data(setup, factor)
+    lt = cache[factor]
+    num_classes, in_channels = len(lt.counts), lt.train.images.shape[1]
+    generator = seed_everything(run.seed)
+    model, criterion = build_classification_method(
+        run.method, num_classes, in_channels, setup, lt.counts, run.options.get("sar_options"))
+    loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
+    history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
+                  weight_decay=setup.weight_decay, criterion=criterion, device=device,
+                  progress=False, log_every=50)
+    anchors = getattr(model.regularizer, "semantic_anchors", None)
+    scores = evaluate(model, DataLoader(lt.test, batch_size=512), num_classes=num_classes,
+                      device=device, groups=lt.groups, features=True, anchors=anchors)
+    row = {key: scores[key] for key in ("accuracy", "many_accuracy", "medium_accuracy",
+                                        "few_accuracy")}
+    row |= {f"acc_class_{k}": v for k, v in enumerate(scores["per_class_accuracy"])}
+    row |= {k: scores[k] for k in ("compactness", "separation", "ratio", "nc1") if k in scores}
+    row["anchor_cosine"] = scores.get("anchor_cosine", float("nan"))
+    row["gate_opened_step"] = _first_gate_step(history)
+    row["imbalance_factor"], row["data"] = factor, lt.source
+    row["train_size"] = len(lt.train)
+    return row
+
+
+def _first_gate_step(history: pd.DataFrame) -> float:
+    if "gate_opened" not in history or not (history["gate_opened"] > 0).any():
+        return float("nan")
+    return float(history.loc[history["gate_opened"] > 0, "step"].iloc[0])
+
+
+# --------------------------------------------------------------------------- segmentation
+def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
+                     cache: dict[str, Any]) -> dict[str, Any]:
+    if "scenes" not in cache:
+        common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor, "seed": 0}
+        cache["scenes"] = (
+            sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
+            sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common),
+        )
+    train, val = cache["scenes"]
+    num_classes = len(sar_data.SCENE_CLASSES)
+    generator = seed_everything(run.seed)
+    net = build_smp_model(run.options["arch"], "resnet18", num_classes, train.images.shape[1])
+    feat_dim = net.segmentation_head[0].in_channels
+    regularizer = {"ce": NoRegularizer, "sar": lambda: None,
+                   "prototype": lambda: PrototypeRegularizer(num_classes, feat_dim)}[run.method]()
+    model = SARSegmentationModel(net, regularizer)
+    loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
+    history = fit(model, loader, epochs=setup.epochs, lr=setup.lr, schedule="poly",
+                  device=device, progress=False, log_every=20)
+    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
+                      task="segmentation", device=device)
+    row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
+    row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
+    row["gate_opened_step"] = _first_gate_step(history)
+    return row
+
+
+# ------------------------------------------------------------------------------ bookkeeping
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def finished_keys(csv: Path) -> set[tuple]:
+    if not csv.exists():
+        return set()
+    done = pd.read_csv(csv, usecols=KEY)
+    return {(e, m, s, int(seed)) for e, m, s, seed in done.itertuples(index=False)}
+
+
+def append_row(csv: Path, row: dict[str, Any]) -> None:
+    """Append one row, widening the CSV's columns if this row brings new ones."""
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    new = pd.DataFrame([row])
+    if csv.exists():
+        new = pd.concat([pd.read_csv(csv), new], ignore_index=True)
+    tmp = csv.with_suffix(".tmp")
+    new.to_csv(tmp, index=False)
+    tmp.replace(csv)
+
+
+def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
+             device: torch.device) -> Path:
+    """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV."""
+    csv = out_dir / f"{experiment}.csv"
+    if experiment == "overhead":
+        runs = [Run("overhead", "sar_vs_plain", key, 0) for key in OVERHEAD_CASES]
+    elif experiment == "segmentation":
+        seg_setup = SMOKE_SEGMENTATION if smoke else SegmentationSetup()
+        runs = list(segmentation_grid(seg_setup, seeds))
+    else:
+        cls_setup = SMOKE_CLASSIFICATION if smoke else ClassificationSetup()
+        grid = longtail_grid if experiment == "longtail" else ablation_grid
+        runs = list(grid(cls_setup, seeds))
+    done = finished_keys(csv)
+    todo = [run for run in runs if run.key not in done]
+    print(f"{experiment}: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
+    cache: dict[Any, Any] = {}
+    for run in tqdm(todo, desc=experiment, unit="run"):
+        start = time.perf_counter()
+        if experiment == "overhead":
+            steps = 2 if smoke else 10
+            row = vars(measure_overhead(run.setting, device, steps=steps, rounds=2 if smoke else 7))
+        elif experiment == "segmentation":
+            row = run_segmentation(run, seg_setup, device, cache)
+        else:
+            row = run_classification(run, cls_setup, device, cache)
+        meta = dict(zip(KEY, run.key, strict=True))
+        append_row(csv, meta | row | {
+            "smoke": smoke, "hardware": hardware(), "device": str(device),
+            "wall_time_s": round(time.perf_counter() - start, 1), "git_commit": git_commit(),
+        })
+    return csv
+
+
+# ---------------------------------------------------------------------------- summaries
+def summarise(df: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of ``metrics`` for each group ``by``; adds the seed count."""
+    grouped = df.groupby(by, sort=False)[metrics]
+    table = pd.concat([grouped.mean(), grouped.std(ddof=1).add_suffix("_std")], axis=1)
+    table["seeds"] = df.groupby(by, sort=False)["seed"].nunique()
+    return table.reset_index()
+
+
+def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
+                   scale: float = 100.0, higher_is_better: bool = True) -> str:
+    """A ``rows x columns`` table of ``mean ± std`` of ``metric``, the best of each column bold.
+
+    Rows and columns keep their order of first appearance in ``df``.
+    """
+    stats = summarise(df, [metric], [rows, columns])
+    mean = stats.pivot(index=rows, columns=columns, values=metric)
+    std = stats.pivot(index=rows, columns=columns, values=f"{metric}_std")
+    order, column_order = list(dict.fromkeys(df[rows])), list(dict.fromkeys(df[columns]))
+    mean, std = mean.loc[order, column_order], std.loc[order, column_order]
+    best = mean.max() if higher_is_better else mean.min()
+    lines = [f"| {rows} | " + " | ".join(str(c) for c in mean.columns) + " |",
+             "|---" * (len(mean.columns) + 1) + "|"]
+    for name in mean.index:
+        cells = []
+        for col in mean.columns:
+            m, s = mean.loc[name, col] * scale, std.loc[name, col] * scale
+            text = f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}"
+            cells.append(f"**{text}**" if mean.loc[name, col] == best[col] else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(experiment: str, out_dir: Path) -> Path:
+    """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
+    from . import plots  # matplotlib only when rendering
+
+    df = pd.read_csv(out_dir / f"{experiment}.csv")
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plots.use_style()
+    tables = [f"<!-- generated by `python -m sar.experiments render {experiment}` -->"]
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    tables.append(f"Seeds {seeds}; hardware: {', '.join(sorted(df['hardware'].unique()))}.")
+    if experiment == "longtail":
+        df = df.sort_values("imbalance_factor", kind="stable")
+        for metric in ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy"):
+            tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", metric)]
+            ax = plots.plot_sweep(df, "imbalance_factor", metric, "method", logx=True,
+                                  ylabel=f"{metric} (fraction)", xlabel="imbalance factor")
+            _save(ax.figure, figures / f"longtail_{metric}.png")
+        for metric in ("nc1", "ratio"):
+            tables += [f"\n**{metric}** (lower is more collapsed; mean ± std)\n",
+                       markdown_table(df, "method", "setting", metric, 1.0, False)]
+    elif experiment == "ablation":
+        for metric in ("accuracy", "few_accuracy"):
+            tables += [f"\n**{metric}** (%, imbalance factor {df['imbalance_factor'].iloc[0]:g})\n",
+                       markdown_table(df, "setting", "method", metric)]
+    elif experiment == "segmentation":
+        tables += ["\n**mIoU** (%, mean ± std over seeds)\n",
+                   markdown_table(df, "method", "setting", "mIoU")]
+    else:
+        cols = ["case", "device", "plain_ms", "sar_ms", "train_ratio", "infer_ratio",
+                "memory_ratio"]
+        tables.append(_markdown(df[cols].round(3)))
+    summary = out_dir / f"{experiment}.md"
+    summary.write_text("\n".join(tables) + "\n")
+    return summary
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(df.columns) + " |", "|---" * len(df.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _save(figure: Any, path: Path) -> None:
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------- CLI
+EXPERIMENTS = ("longtail", "ablation", "segmentation", "overhead")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sar.experiments",
+                                     description="Run or render the reproduction grids.")
+    parser.add_argument("action", choices=[*EXPERIMENTS, "render"])
+    parser.add_argument("experiment", nargs="?", choices=EXPERIMENTS,
+                        help="with render: which CSV to render")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--smoke", action="store_true", help="a tiny grid, for tests")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default results/, or results/smoke with --smoke)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    out = args.out or (RESULTS_DIR / "smoke" if args.smoke else RESULTS_DIR)
+    if args.action == "render":
+        if args.experiment is None:
+            parser.error("render needs the experiment name, e.g. render longtail")
+        print(render(args.experiment, out).read_text())
+        return
+    device = torch.device(args.device) if args.device else default_device()
+    csv = run_grid(args.action, args.seeds, args.smoke, out, device)
+    print(f"wrote {csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The experiment command: the smoke grids run, write the expected rows, and reruns skip them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sar.experiments import (
+    ABLATIONS,
+    CLASSIFICATION_METHODS,
+    SMOKE_CLASSIFICATION,
+    main,
+    markdown_table,
+)
+
+
+@pytest.fixture(scope="module")
+def longtail_csv(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    main(["longtail", "--smoke", "--seeds", "0", "1", "--out", str(out), "--device", "cpu"])
+    return out / "longtail.csv"
+
+
+def test_longtail_smoke_grid_has_one_row_per_method_setting_and_seed(longtail_csv):
+    df = pd.read_csv(longtail_csv)
+    factors = SMOKE_CLASSIFICATION.imbalance_factors
+    assert len(df) == len(CLASSIFICATION_METHODS) * len(factors) * 2
+    assert set(df["method"]) == set(CLASSIFICATION_METHODS)
+    assert set(df["setting"]) == {f"if={f:g}" for f in factors}
+    for column in ("accuracy", "many_accuracy", "few_accuracy", "nc1", "acc_class_9",
+                   "hardware", "wall_time_s", "git_commit", "seed"):
+        assert column in df.columns, column
+    assert df["accuracy"].between(0, 1).all()
+    assert df["smoke"].all()
+
+
+def test_rerun_skips_finished_rows(longtail_csv, capsys):
+    before = pd.read_csv(longtail_csv)
+    main(["longtail", "--smoke", "--seeds", "0", "1", "--out", str(longtail_csv.parent),
+          "--device", "cpu"])
+    assert "24 of 24 runs already" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(longtail_csv), before)
+
+
+def test_render_writes_a_table_with_mean_and_std(longtail_csv):
+    main(["render", "longtail", "--out", str(longtail_csv.parent)])
+    summary = (longtail_csv.parent / "longtail.md").read_text()
+    assert "| method | if=1 | if=10 |" in summary and "±" in summary
+    assert (longtail_csv.parent / "figures" / "longtail_accuracy.png").exists()
+
+
+def test_markdown_table_bolds_the_best_mean_of_each_column():
+    df = pd.DataFrame({"method": ["a", "a", "b", "b"], "setting": ["x"] * 4,
+                       "seed": [0, 1, 0, 1], "acc": [0.5, 0.7, 0.8, 0.8]})
+    table = markdown_table(df, "method", "setting", "acc")
+    assert "| a | 60.00 ± 14.14 |" in table and "| b | **80.00 ± 0.00** |" in table
+
+
+def test_ablation_and_segmentation_smoke_grids(tmp_path):
+    main(["ablation", "--smoke", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu"])
+    ablation = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(ablation["setting"]) == list(ABLATIONS)
+    main(["segmentation", "--smoke", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu"])
+    seg = pd.read_csv(tmp_path / "segmentation.csv")
+    assert set(seg["method"]) == {"ce", "prototype", "sar"} and seg["mIoU"].between(0, 1).all()
+    assert "iou_class_10" in seg.columns
