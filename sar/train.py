@@ -326,6 +326,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 1,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``(inputs, labels)`` batches; return the history.
 
@@ -351,6 +352,8 @@ def fit(
             the schedule over the new length.
         progress: show a tqdm bar over steps with the current loss.
         log_every: log one history row every this many steps.
+        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch (1-based
+            epoch count, model in training mode), e.g. to snapshot features for a plot.
 
     Returns:
         One row per logged step: ``epoch``, ``step`` (0-based, global), ``lr`` (used by that
@@ -385,12 +388,12 @@ def fit(
                                 scaler=scaler)
         trainer.step, start_epoch = state["step"], state["epoch"]
         trainer.history = _records(state["history"])
-    _train(trainer, train_loader, start_epoch, epochs, progress)
+    _train(trainer, train_loader, start_epoch, epochs, progress, on_epoch_end)
     return pd.DataFrame(trainer.history)
 
 
 def _train(trainer: _Trainer, loader: Iterable, start_epoch: int, epochs: int,
-           progress: bool) -> None:
+           progress: bool, on_epoch_end: Callable[[int, nn.Module], None] | None) -> None:
     model, was_training = trainer.model, trainer.model.training
     model.train()
     trainer.bar = tqdm(total=trainer.total_steps, initial=trainer.step, disable=not progress,
@@ -404,6 +407,9 @@ def _train(trainer: _Trainer, loader: Iterable, start_epoch: int, epochs: int,
                 save_checkpoint(trainer.checkpoint, model, trainer.optimizer, trainer.scheduler,
                                 trainer.step, epoch + 1, trainer.history, loader,
                                 scaler=trainer.scaler)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model)
+                model.train()
     finally:
         trainer.bar.close()
         model.train(was_training)

@@ -107,6 +107,19 @@ def test_sar_fit_lowers_loss_and_logs_sar_keys() -> None:
     assert model.training  # mode restored
 
 
+def test_on_epoch_end_sees_every_epoch_and_training_goes_on() -> None:
+    images, labels = blob_images(16)
+    seen = []
+
+    def snapshot(epoch, model):
+        seen.append((epoch, model.training))
+        model.eval()  # a callback may switch modes; fit puts the model back in training
+
+    quiet_fit(linear_model(), loader_of(TensorDataset(images, labels)), epochs=3,
+              schedule="constant", on_epoch_end=snapshot)
+    assert seen == [(1, True), (2, True), (3, True)]
+
+
 def test_plain_module_trains() -> None:
     images, labels = blob_images(16)
     history = quiet_fit(linear_model(), loader_of(TensorDataset(images, labels)), epochs=20,
