@@ -347,17 +347,28 @@ def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
         cells = []
         for col in mean.columns:
             m, s = mean.loc[name, col] * scale, std.loc[name, col] * scale
+            if pd.isna(m):  # a cell of the grid not run yet
+                cells.append("–")
+                continue
             text = f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}"
             cells.append(f"**{text}**" if mean.loc[name, col] == best[col] else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def load_results(experiment: str, out_dir: Path = RESULTS_DIR) -> pd.DataFrame | None:
+    """The rows of ``experiment``'s CSV, or None when it has not been run."""
+    csv = Path(out_dir) / f"{experiment}.csv"
+    return pd.read_csv(csv) if csv.exists() else None
+
+
 def render(experiment: str, out_dir: Path) -> Path:
     """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
     from . import plots  # matplotlib only when rendering
 
-    df = pd.read_csv(out_dir / f"{experiment}.csv")
+    df = load_results(experiment, out_dir)
+    if df is None:
+        raise FileNotFoundError(f"no {experiment}.csv in {out_dir}: run the experiment first")
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     plots.use_style()

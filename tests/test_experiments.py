@@ -54,6 +54,9 @@ def test_markdown_table_bolds_the_best_mean_of_each_column():
                        "seed": [0, 1, 0, 1], "acc": [0.5, 0.7, 0.8, 0.8]})
     table = markdown_table(df, "method", "setting", "acc")
     assert "| a | 60.00 ± 14.14 |" in table and "| b | **80.00 ± 0.00** |" in table
+    partial = pd.concat([df, pd.DataFrame({"method": ["a"], "setting": ["y"], "seed": [0],
+                                           "acc": [0.4]})])
+    assert "| b | **80.00 ± 0.00** | – |" in markdown_table(partial, "method", "setting", "acc")
 
 
 def test_ablation_and_segmentation_smoke_grids(tmp_path):
