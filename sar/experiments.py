@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -360,6 +361,30 @@ def load_results(experiment: str, out_dir: Path = RESULTS_DIR) -> pd.DataFrame |
     """The rows of ``experiment``'s CSV, or None when it has not been run."""
     csv = Path(out_dir) / f"{experiment}.csv"
     return pd.read_csv(csv) if csv.exists() else None
+
+
+def results_or_reduced_grid(experiment: str, device: torch.device | None = None,
+                            out_dir: Path = RESULTS_DIR) -> tuple[pd.DataFrame, str]:
+    """The committed results of ``experiment``, else a freshly run smoke grid; and which it was."""
+    df = load_results(experiment, out_dir)
+    if df is not None:
+        seeds = sorted(int(s) for s in df["seed"].unique())
+        return df, (f"{experiment}: {len(df)} runs from {out_dir.name}/{experiment}.csv"
+                    f" (seeds {seeds}; {', '.join(sorted(df['hardware'].unique()))})")
+    scratch = Path(tempfile.mkdtemp(prefix="sar-results-"))
+    run_grid(experiment, [0], smoke=True, out_dir=scratch, device=device or default_device())
+    return load_results(experiment, scratch), (
+        f"{experiment}: no {out_dir.name}/{experiment}.csv, so a reduced smoke grid was run"
+        " (tiny network, one epoch, one seed): a demonstration, not a result")
+
+
+def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str) -> tuple[float, float, int]:
+    """Mean and std (ddof=1; NaN for one seed) over seeds of ``metric(a) - metric(b)``, and the
+    number of seeds both methods ran. Pairing by seed cancels the shared data and init noise."""
+    x = df[df["method"] == a].set_index("seed")[metric]
+    y = df[df["method"] == b].set_index("seed")[metric]
+    paired = (x - y).dropna()
+    return float(paired.mean()), float(paired.std(ddof=1)), len(paired)
 
 
 def render(experiment: str, out_dir: Path) -> Path:

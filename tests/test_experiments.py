@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from sar.experiments import (
     ABLATIONS,
@@ -11,6 +12,8 @@ from sar.experiments import (
     SMOKE_CLASSIFICATION,
     main,
     markdown_table,
+    paired_gap,
+    results_or_reduced_grid,
 )
 
 
@@ -57,6 +60,18 @@ def test_markdown_table_bolds_the_best_mean_of_each_column():
     partial = pd.concat([df, pd.DataFrame({"method": ["a"], "setting": ["y"], "seed": [0],
                                            "acc": [0.4]})])
     assert "| b | **80.00 ± 0.00** | – |" in markdown_table(partial, "method", "setting", "acc")
+
+
+def test_paired_gap_pairs_by_seed():
+    df = pd.DataFrame({"method": ["a", "a", "b", "b", "b"], "seed": [0, 1, 0, 1, 2],
+                       "acc": [0.6, 0.9, 0.5, 0.6, 0.1]})
+    mean, std, n = paired_gap(df, "acc", "a", "b")
+    assert n == 2 and mean == pytest.approx(0.2) and std == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_missing_results_fall_back_to_a_reduced_grid(tmp_path):
+    df, description = results_or_reduced_grid("segmentation", torch.device("cpu"), tmp_path)
+    assert "reduced smoke grid" in description and len(df) == 3
 
 
 def test_ablation_and_segmentation_smoke_grids(tmp_path):
