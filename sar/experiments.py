@@ -427,6 +427,16 @@ def render(experiment: str, out_dir: Path) -> Path:
     return summary
 
 
+def update_readme(experiment: str, text: str, readme: Path) -> None:
+    """Replace the block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``."""
+    start, end = f"<!-- results:{experiment} -->", f"<!-- /results:{experiment} -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{readme} has no {start} ... {end} block to fill")
+    head, rest = content.split(start, 1)
+    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}")
+
+
 def _markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|---" * len(df.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -455,12 +465,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default results/, or results/smoke with --smoke)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="with render: also write the tables into this README's block")
     args = parser.parse_args(argv)
     out = args.out or (RESULTS_DIR / "smoke" if args.smoke else RESULTS_DIR)
     if args.action == "render":
         if args.experiment is None:
             parser.error("render needs the experiment name, e.g. render longtail")
-        print(render(args.experiment, out).read_text())
+        summary = render(args.experiment, out).read_text()
+        if args.readme is not None:
+            update_readme(args.experiment, summary, args.readme)
+        print(summary)
         return
     device = torch.device(args.device) if args.device else default_device()
     csv = run_grid(args.action, args.seeds, args.smoke, out, device)

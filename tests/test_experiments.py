@@ -52,6 +52,15 @@ def test_render_writes_a_table_with_mean_and_std(longtail_csv):
     assert (longtail_csv.parent / "figures" / "longtail_accuracy.png").exists()
 
 
+def test_render_fills_the_readme_block_and_keeps_the_rest(longtail_csv, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:longtail -->\nold\n<!-- /results:longtail -->\nend\n")
+    main(["render", "longtail", "--out", str(longtail_csv.parent), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- /results:longtail -->\nend\n")
+    assert "old" not in text and "| method | if=1 | if=10 |" in text
+
+
 def test_markdown_table_bolds_the_best_mean_of_each_column():
     df = pd.DataFrame({"method": ["a", "a", "b", "b"], "setting": ["x"] * 4,
                        "seed": [0, 1, 0, 1], "acc": [0.5, 0.7, 0.8, 0.8]})
