@@ -6,16 +6,30 @@ its loss dict. It checkpoints atomically at the end of each epoch (weights, regu
 buffers, optimiser, schedule and every RNG state), so ``resume=True`` continues exactly where
 the checkpoint left off. :func:`evaluate` computes accuracy or IoU and, optionally, the
 geometry of the head-input features (:func:`collect_features`).
+
+``fit`` also trains a ``DistributedDataParallel`` model (see :mod:`sar.distributed`): it
+calls ``set_epoch`` on a ``DistributedSampler``, averages the logged values over ranks, stops
+every rank together on a non-finite loss, and only rank 0 writes the checkpoint (with every
+rank's RNG state). :func:`main` is the command-line entry point, for one process or torchrun::
+
+    python -m sar.train --config configs/fashion_scenes_unet.json
+    torchrun --nproc_per_node=4 -m sar.train --config configs/voc_deeplabv3plus.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import random
+import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +41,10 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
-from . import metrics
-from .config import default_device
-from .models import RegularizedModel
+from . import distributed, metrics
+from .config import default_device, seed_everything
+from .distributed import DistEnv, unwrap
+from .models import RegularizedModel, SARSegmentationModel, build_smp_model
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "constant")
@@ -124,6 +139,18 @@ def _set_rng_state(state: Mapping[str, Any], loader: Any = None) -> None:
         generator.set_state(state["loader"])
 
 
+def _own_rng_state(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """This rank's RNG states from a checkpoint payload."""
+    ranks, world = payload.get("rng_ranks"), distributed.get_world_size()
+    if ranks is not None and len(ranks) == world:
+        return ranks[distributed.get_rank()]
+    if world > 1 or ranks is not None:
+        warnings.warn(f"the checkpoint holds RNG states of {len(ranks or [0])} rank(s), this run"
+                      f" has {world}: every rank restarts from rank 0's, so the resumed run is"
+                      " not bit-exact", stacklevel=3)
+    return payload["rng"]
+
+
 def _records(history: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(history, pd.DataFrame):
         return history.to_dict("records")
@@ -157,17 +184,20 @@ def save_checkpoint(
     loader: Any = None,
     *,
     scaler: torch.amp.GradScaler | None = None,
+    rank_rng: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Atomically save everything needed to resume training exactly.
 
     Holds the model ``state_dict`` (for a SAR model: anchors, projector, semantic-anchor EMA
-    and gate buffers), optimiser, scheduler and GradScaler states, ``step`` (optimiser steps
+    and gate buffers; a DDP wrapper is looked through, so the keys are the same with or
+    without one), optimiser, scheduler and GradScaler states, ``step`` (optimiser steps
     done), ``epoch`` (epochs done), the history rows, and the Python/NumPy/torch/CUDA RNG
-    states plus the state of ``loader.generator`` when it has one.
+    states plus the state of ``loader.generator`` when it has one. ``rank_rng`` holds every
+    rank's RNG states in a distributed run (rank ``r`` restores entry ``r``).
     """
     payload = {
         "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -175,6 +205,7 @@ def save_checkpoint(
         "epoch": int(epoch),
         "history": _records(history),
         "rng": _rng_state(loader),
+        "rng_ranks": list(rank_rng) if rank_rng is not None else None,
     }
     path = Path(path)
     _atomic_save(payload, path)
@@ -193,13 +224,16 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a :func:`save_checkpoint` file into the given objects (those passed, in place).
 
+    In a distributed run each rank restores its own RNG states when the checkpoint was
+    written by as many ranks; otherwise rank 0's (with a warning: not bit-exact then).
+
     Returns:
         ``{"step": int, "epoch": int, "history": DataFrame}``.
     """
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is not a sar.train checkpoint (version {payload.get('version')})")
-    model.load_state_dict(payload["model"])
+    unwrap(model).load_state_dict(payload["model"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:
@@ -207,7 +241,7 @@ def load_checkpoint(
     if scaler is not None and scaler.is_enabled() and payload["scaler"] is not None:
         scaler.load_state_dict(payload["scaler"])
     if restore_rng:
-        _set_rng_state(payload["rng"], loader)
+        _set_rng_state(_own_rng_state(payload), loader)
     return {"step": payload["step"], "epoch": payload["epoch"],
             "history": pd.DataFrame(payload["history"])}
 
@@ -218,9 +252,34 @@ def _history_key(name: str) -> str:
     return "reg_loss" if name == "loss" else name
 
 
+class IgnoreSafeCrossEntropy(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` that gives 0, not NaN, on a batch with no labelled position.
+
+    A segmentation batch whose masks are all ``ignore_index`` (a crop of pure boundary or
+    void) is legitimate: it contributes no task gradient and training goes on. PyTorch's mean
+    divides by zero valid targets there; this keeps its value bit for bit on every other batch.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = super().forward(input, target)
+        if self.reduction != "mean" or target.dtype.is_floating_point:
+            return loss
+        # a where, not a branch: no host sync; its backward gives the NaN branch zero gradient
+        return torch.where((target != self.ignore_index).any(), loss, 0.0)
+
+
 def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch[0], batch[1]
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+
+
+def _first_failure(detail: str | None) -> str:
+    """The first failing rank's message, the same on every rank (as is in one process)."""
+    details = distributed.gather_objects(detail)
+    if len(details) == 1:
+        return str(detail)
+    rank = next(r for r, d in enumerate(details) if d is not None)
+    return f"on rank {rank}, {details[rank]}"
 
 
 class _Trainer:
@@ -237,6 +296,8 @@ class _Trainer:
         self.step, self.history = 0, []
         self.bar: tqdm | None = None
         self.checkpoint: Path | None = None
+        # fit accepts a DDP-wrapped model: the regulariser lives in ``.module``
+        self.regularized = isinstance(unwrap(model), RegularizedModel)
 
     def losses(
         self, x: torch.Tensor, y: torch.Tensor
@@ -244,8 +305,8 @@ class _Trainer:
         """Task loss, total loss and the regulariser's loss dict (empty for a plain model)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
-            if isinstance(self.model, RegularizedModel):
-                logits, reg = self.model(x, y)
+            if self.regularized:
+                logits, reg = self.model(x, y)  # through DDP's forward, so gradients sync
             else:
                 logits, reg = self.model(x), {}
             self._check_ignore_index(logits)
@@ -263,12 +324,7 @@ class _Trainer:
     def train_step(self, batch: Any, epoch: int) -> None:
         x, y = _batch(batch, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
-        try:
-            task, loss, reg = self.losses(x, y)
-        except FloatingPointError as err:  # raised by the regulariser's input check
-            raise self._diverged(epoch, lr, str(err)) from err
-        if not bool(torch.isfinite(loss)):
-            raise self._diverged(epoch, lr, f"the loss is {loss.item()}")
+        task, loss, reg = self._finite_losses(x, y, epoch, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -280,11 +336,33 @@ class _Trainer:
         if self.bar is not None:
             self.bar.update(1)
 
+    def _finite_losses(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, lr: float
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`losses`, stopping every rank at the same step if one sees a non-finite loss.
+
+        Only divergence is agreed on: it is detected after the forward pass, where no rank
+        waits in a collective. Any other error ends its own process and torchrun stops the rest.
+        """
+        cause: FloatingPointError | None = None
+        try:
+            task, loss, reg = self.losses(x, y)
+        except FloatingPointError as err:  # raised by the regulariser's input check
+            cause = err
+        if cause is not None:
+            detail = str(cause)
+        else:
+            detail = None if bool(torch.isfinite(loss)) else f"the loss is {loss.item()}"
+        if distributed.any_rank(detail is not None):
+            raise self._diverged(epoch, lr, _first_failure(detail)) from cause
+        return task, loss, reg
+
     def _log(self, epoch: int, lr: float, task: torch.Tensor, loss: torch.Tensor,
              reg: Mapping[str, torch.Tensor]) -> None:
         names = ["task_loss", "loss", *(_history_key(k) for k in reg)]
-        # one host transfer for all the scalars
-        values = torch.stack([v.detach().float() for v in (task, loss, *reg.values())]).tolist()
+        stacked = torch.stack([v.detach().float() for v in (task, loss, *reg.values())])
+        # the mean over ranks: the loss of the global batch when ranks see equal-sized batches
+        values = distributed.all_reduce_mean(stacked).tolist()  # one host transfer
         self.history.append({"epoch": epoch, "step": self.step, "lr": lr,
                              **dict(zip(names, values, strict=True))})
         if self.bar is not None:
@@ -341,8 +419,9 @@ def fit(
             parameters, the regulariser's projector included.
         schedule: per-step ``"cosine"``, ``"poly"`` (power 0.9) or ``"constant"``, after a
             linear warm-up of ``warmup_steps`` (see :func:`lr_factor`).
-        criterion: defaults to ``nn.CrossEntropyLoss(ignore_index=ignore_index)``
-            (``None``: ignore nothing), e.g. :class:`~sar.baselines.LogitAdjustedCrossEntropy`.
+        criterion: defaults to :class:`IgnoreSafeCrossEntropy` with ``ignore_index``
+            (``None``: ignore nothing; a batch with only ignored labels adds 0, not NaN), or
+            e.g. :class:`~sar.baselines.LogitAdjustedCrossEntropy`.
         device: defaults to :func:`sar.config.default_device`; the model moves there.
         amp: autocast on CUDA only: ``None``/``True`` bf16 where supported, else fp16 with a
             GradScaler; a dtype forces it; ``False`` off. The CPU always runs in float32.
@@ -354,6 +433,11 @@ def fit(
         log_every: log one history row every this many steps.
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch (1-based
             epoch count, model in training mode), e.g. to snapshot features for a plot.
+
+    Distributed: pass the model from :func:`sar.distributed.prepare_model` (DDP) and a loader
+    from :func:`sar.distributed.distributed_loader`, on every rank with the same arguments.
+    The history is the same on every rank (logged values averaged over ranks); the progress
+    bar and the checkpoint file belong to rank 0, and every rank resumes from that file.
 
     Returns:
         One row per logged step: ``epoch``, ``step`` (0-based, global), ``lr`` (used by that
@@ -369,7 +453,8 @@ def fit(
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if criterion is None:
-        criterion = nn.CrossEntropyLoss(ignore_index=-100 if ignore_index is None else ignore_index)
+        criterion = IgnoreSafeCrossEntropy(ignore_index=-100 if ignore_index is None
+                                           else ignore_index)
     if isinstance(criterion, nn.Module):
         criterion.to(device)
     total = _total_steps(train_loader, epochs, max_steps)
@@ -388,7 +473,8 @@ def fit(
                                 scaler=scaler)
         trainer.step, start_epoch = state["step"], state["epoch"]
         trainer.history = _records(state["history"])
-    _train(trainer, train_loader, start_epoch, epochs, progress, on_epoch_end)
+    _train(trainer, train_loader, start_epoch, epochs, progress and distributed.is_main_process(),
+           on_epoch_end)
     return pd.DataFrame(trainer.history)
 
 
@@ -402,17 +488,34 @@ def _train(trainer: _Trainer, loader: Iterable, start_epoch: int, epochs: int,
         for epoch in range(start_epoch, epochs):
             if trainer.step >= trainer.total_steps:
                 break
+            _set_epoch(loader, epoch)
             trainer.run_epoch(loader, epoch)
             if trainer.checkpoint is not None:
-                save_checkpoint(trainer.checkpoint, model, trainer.optimizer, trainer.scheduler,
-                                trainer.step, epoch + 1, trainer.history, loader,
-                                scaler=trainer.scaler)
+                _save_on_main(trainer, loader, epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
                 model.train()
     finally:
         trainer.bar.close()
         model.train(was_training)
+
+
+def _set_epoch(loader: Iterable, epoch: int) -> None:
+    """Reshuffle a ``DistributedSampler`` (it draws its order from seed + epoch)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def _save_on_main(trainer: _Trainer, loader: Iterable, epochs_done: int) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG states; all wait until it exists."""
+    rank_rng = (distributed.gather_objects(_rng_state(loader))
+                if distributed.get_world_size() > 1 else None)
+    if distributed.is_main_process():
+        save_checkpoint(trainer.checkpoint, trainer.model, trainer.optimizer, trainer.scheduler,
+                        trainer.step, epochs_done, trainer.history, loader,
+                        scaler=trainer.scaler, rank_rng=rank_rng)
+    distributed.barrier()
 
 
 def _check_fit_args(optimizer: str, schedule: str, epochs: int, log_every: int,
@@ -595,6 +698,7 @@ def evaluate(
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     _check_ignore_index(ignore_index, num_classes)
+    model = unwrap(model)  # this rank scores on its own: no DDP forward, no collective
     device = _resolve(model, device)
     scores = _Scores(task, num_classes, ignore_index)
     sampler = _PointSampler(max_feature_points, ignore_index) if features else None
@@ -631,6 +735,7 @@ def collect_features(
     Returns:
         features ``(N, D)`` float32 and labels ``(N,)`` int64, on the CPU.
     """
+    model = unwrap(model)
     device = _resolve(model, device)
     sampler = _PointSampler(max_points, ignore_index)
     with _inference(model):
@@ -638,3 +743,359 @@ def collect_features(
             x, y = _batch(batch, device)
             sampler.update(_features_and_logits(model, x, True)[0], y)
     return sampler.result()
+
+
+# ------------------------------------------------------------------------- the entry point
+DATASETS = ("fashion_scenes", "folder", "voc")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train on, and its transforms.
+
+    ``name``: ``"fashion_scenes"`` (built in, offline: :func:`sar.data.make_fashion_scenes`
+    with ``num_train``/``num_val`` scenes of ``size`` pixels), ``"folder"`` (a
+    :class:`sar.data.SegmentationFolder` under ``root``, with ``num_classes`` given; the
+    validation pair ``val_image_dir``/``val_mask_dir`` is optional) or ``"voc"``
+    (:func:`sar.data.pascal_voc` under ``root``, splits ``train_split``/``val_split``).
+    On-disk images go through :class:`sar.data.SegmentationTransform`: ``resize`` (shorter
+    side, or ``[h, w]``), then a random ``crop`` and ``hflip`` for training; ``val_resize``
+    for validation (smp models need sides divisible by 32).
+    """
+
+    name: str = "fashion_scenes"
+    root: str | None = None
+    num_classes: int | None = None
+    ignore_index: int = 255
+    num_train: int = 2000
+    num_val: int = 500
+    size: int = 64
+    imbalance_factor: float = 10.0
+    seed: int = 0
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    val_image_dir: str | None = None
+    val_mask_dir: str | None = None
+    reduce_zero_label: bool = False
+    train_split: str = "train"
+    val_split: str = "val"
+    resize: int | list[int] | None = None
+    crop: int | list[int] | None = None
+    hflip: bool = True
+    val_resize: int | list[int] | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {DATASETS}, got {self.name!r}")
+        if self.name != "fashion_scenes" and self.root is None:
+            raise ValueError(f"data.name={self.name!r} needs data.root (the folder on disk)")
+        if self.name == "folder" and self.num_classes is None:
+            raise ValueError("data.name='folder' needs data.num_classes")
+
+
+@dataclass
+class ModelConfig:
+    """An smp model: ``arch``, ``encoder``, ``encoder_weights`` (``null`` offline,
+    ``"imagenet"`` downloads once) and extra ``kwargs`` for ``smp.create_model``."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    sync_batchnorm: bool = True
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: ``batch_size`` is per rank (global batch = ranks x batch_size) and
+    ``lr`` is used as given, whatever the number of ranks. ``amp``: ``null`` (bf16 on a GPU
+    that has it, else fp16), ``true``, ``false``, ``"bf16"`` or ``"fp16"``; CUDA only."""
+
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "poly"
+    warmup_steps: int = 0
+    max_steps: int | None = None
+    amp: bool | str | None = None
+    seed: int = 0
+    log_every: int = 1
+    device: str | None = None
+    resume: bool = True
+    eval_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, str) and self.amp not in AMP_DTYPES:
+            raise ValueError(f"train.amp must be null, true, false or one of {list(AMP_DTYPES)},"
+                             f" got {self.amp!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run, as read from a JSON file: see ``configs/`` for examples.
+
+    ``sar`` holds :class:`~sar.regularizer.SemanticAnchorRegularizer` options plus
+    ``"enabled"`` (``false`` trains the plain network, the baseline).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sar: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/default"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> RunConfig:
+        """Build from nested dicts; an unknown key is an error naming the valid ones."""
+        _check_keys(raw, cls, source)
+        parts = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        values: dict[str, Any] = dict(raw)
+        for name, part in parts.items():
+            _check_keys(raw.get(name, {}), part, f"{source}: {name}")
+            values[name] = part(**raw.get(name, {}))
+        _check_sar_options(raw.get("sar", {}), f"{source}: sar")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_keys(raw: Any, cls: type, where: str) -> None:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    valid = [f.name for f in fields(cls)]
+    if unknown := sorted(set(raw) - set(valid)):
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+
+
+def _check_sar_options(raw: Any, where: str) -> None:
+    """The ``sar`` section: regulariser keyword options plus ``enabled``."""
+    import inspect
+
+    from .regularizer import SemanticAnchorRegularizer
+
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    params = inspect.signature(SemanticAnchorRegularizer).parameters
+    valid = ["enabled", *(name for name, p in params.items() if p.kind is p.KEYWORD_ONLY)]
+    if unknown := sorted(set(raw) - set(valid)):
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+
+
+def _set_dotted(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``"train.epochs=3"``; the value is parsed as JSON, else kept as a string."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {assignment!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_run_config(
+    path: PathLike, overrides: Sequence[str] = (), output_dir: str | None = None
+) -> RunConfig:
+    """Read a JSON run config, apply ``--set``-style ``overrides`` and ``output_dir``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    for assignment in overrides:
+        _set_dotted(raw, assignment)
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    return RunConfig.from_dict(raw, str(path))
+
+
+def _segmentation_transform(cfg: DataConfig, train: bool) -> Any:
+    from .data import SegmentationTransform
+
+    if train:
+        return SegmentationTransform(size=cfg.resize, crop=cfg.crop, hflip=cfg.hflip,
+                                     ignore_index=cfg.ignore_index)
+    return SegmentationTransform(size=cfg.val_resize, ignore_index=cfg.ignore_index)
+
+
+def build_datasets(cfg: DataConfig) -> tuple[Any, Any | None, int]:
+    """``(train_set, val_set or None, num_classes)`` for a :class:`DataConfig`.
+
+    Items are ``(float32 (3, H, W), int64 (H, W))`` with ``cfg.ignore_index`` as the ignore
+    label.
+    """
+    from . import data
+
+    if cfg.name == "fashion_scenes":
+        flip = data.SegmentationTransform(hflip=True, mean=None) if cfg.hflip else None
+        common = dict(size=cfg.size, imbalance_factor=cfg.imbalance_factor, seed=cfg.seed)
+        train = data.make_fashion_scenes(cfg.num_train, split="train", transform=flip, **common)
+        val = data.make_fashion_scenes(cfg.num_val, split="val", **common) if cfg.num_val else None
+        return train, val, train.num_classes
+    if cfg.name == "voc":
+        train = data.pascal_voc(cfg.root, cfg.train_split, _segmentation_transform(cfg, True))
+        val = data.pascal_voc(cfg.root, cfg.val_split, _segmentation_transform(cfg, False))
+        return train, val, 21
+    train = data.SegmentationFolder(cfg.root, cfg.image_dir, cfg.mask_dir,
+                                    _segmentation_transform(cfg, True), cfg.reduce_zero_label)
+    val = None
+    if cfg.val_image_dir is not None and cfg.val_mask_dir is not None:
+        val = data.SegmentationFolder(cfg.root, cfg.val_image_dir, cfg.val_mask_dir,
+                                      _segmentation_transform(cfg, False), cfg.reduce_zero_label)
+    return train, val, int(cfg.num_classes)
+
+
+def build_model(
+    cfg: ModelConfig, sar_options: Mapping[str, Any], num_classes: int, ignore_index: int = 255
+) -> nn.Module:
+    """The smp network, wrapped in :class:`~sar.models.SARSegmentationModel` unless
+    ``sar_options["enabled"]`` is false. Rank 0 builds first: it may download weights."""
+    options = dict(sar_options)
+    enabled = options.pop("enabled", True)
+    options.setdefault("ignore_index", ignore_index)
+    with distributed.main_process_first():
+        net = build_smp_model(cfg.arch, cfg.encoder, num_classes,
+                              encoder_weights=cfg.encoder_weights, **cfg.kwargs)
+    return SARSegmentationModel(net, **options) if enabled else net
+
+
+def _amp_option(amp: bool | str | None) -> bool | torch.dtype | None:
+    return AMP_DTYPES[amp] if isinstance(amp, str) else amp
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the history, the validation metrics (``None`` without a
+    validation set) and the folder holding ``config.json``, ``checkpoint.pt``,
+    ``history.csv`` and ``metrics.json``."""
+
+    history: pd.DataFrame
+    metrics: dict[str, Any] | None
+    output_dir: Path
+
+
+def _say(message: str) -> None:
+    if distributed.is_main_process():
+        tqdm.write(f"[sar.train] {message}")  # below a running progress bar, not inside it
+
+
+def _epoch_reporter(epochs: int) -> Callable[[int, nn.Module], None]:
+    start = time.perf_counter()
+
+    def report(epoch: int, model: nn.Module) -> None:
+        reg = getattr(unwrap(model), "regularizer", None)
+        gate = ""
+        if hasattr(reg, "gate_opened"):
+            state = "open" if bool(reg.gate_opened) else "closed"
+            gate = f", SAR gate {state} ({int(reg.num_updates)} EMA updates)"
+        _say(f"epoch {epoch}/{epochs} done, {time.perf_counter() - start:.0f}s{gate}")
+
+    return report
+
+
+def _check_regularizer_in_sync(model: nn.Module) -> None:
+    """Verify (not assume) that every rank ended with the same anchors, projector, EMA, gate."""
+    reg = getattr(unwrap(model), "regularizer", None)
+    if reg is not None and distributed.get_world_size() > 1:
+        distributed.assert_in_sync(reg.state_dict(), "the SAR regulariser's state")
+
+
+def run(config: RunConfig, env: DistEnv | None = None) -> RunResult:
+    """Train and evaluate as ``config`` says, in this process or as one rank of many.
+
+    Every rank builds the data and the model from the same seed, trains its shard with
+    :func:`fit` (resuming from ``output_dir/checkpoint.pt`` when ``train.resume`` and the
+    file exists), then rank 0 alone scores the validation set and writes the files.
+    """
+    env = env or distributed.init_distributed(config.train.device)
+    out, cfg = Path(config.output_dir), config.train
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP re-broadcasts)
+    train_set, val_set, num_classes = build_datasets(config.data)
+    model = build_model(config.model, config.sar, num_classes, config.data.ignore_index)
+    model = distributed.prepare_model(model, env, sync_batchnorm=config.model.sync_batchnorm,
+                                      find_unused_parameters=config.model.find_unused_parameters)
+    seed_everything(cfg.seed + env.rank)  # each rank its own augmentation stream
+    loader = distributed.distributed_loader(train_set, cfg.batch_size, env=env, seed=cfg.seed,
+                                            num_workers=config.data.num_workers)
+    _say(f"{env.world_size} process(es) on {env.device.type} ({env.backend or 'no backend'}),"
+         f" global batch {env.world_size * cfg.batch_size}, {len(loader)} steps per epoch")
+    history = fit(model, loader, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                  optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                  weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+                  warmup_steps=cfg.warmup_steps, ignore_index=config.data.ignore_index,
+                  device=env.device, amp=_amp_option(cfg.amp), checkpoint=out / "checkpoint.pt",
+                  resume=cfg.resume, log_every=cfg.log_every,
+                  on_epoch_end=_epoch_reporter(cfg.epochs))
+    _check_regularizer_in_sync(model)
+    metrics = None
+    if env.is_main:
+        history.to_csv(out / "history.csv", index=False)
+        if val_set is not None:
+            metrics = _validate(model, val_set, num_classes, config, env.device)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    distributed.barrier()  # the others wait while rank 0 scores, so none exits early
+    return RunResult(history, metrics, out)
+
+
+def _validate(model: nn.Module, val_set: Any, num_classes: int, config: RunConfig,
+              device: torch.device) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    batch = config.train.eval_batch_size or config.train.batch_size
+    loader = DataLoader(val_set, batch_size=batch, num_workers=config.data.num_workers)
+    metrics = evaluate(model, loader, num_classes=num_classes, task="segmentation",
+                       device=device, ignore_index=config.data.ignore_index)
+    _say(f"validation mIoU {metrics['mIoU']:.4f}, pixel accuracy"
+         f" {metrics['pixel_accuracy']:.4f}")
+    return metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sar.train",
+        description="Train an smp segmentation model with SAR from a JSON config, in one"
+        " process or under torchrun (torchrun --nproc_per_node=N -m sar.train --config ...).",
+    )
+    parser.add_argument("--config", required=True, help="JSON run config, e.g. configs/*.json")
+    parser.add_argument("--output-dir", help="overrides output_dir of the config")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set train.epochs=2 data.size=32")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.set, args.output_dir)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    env = distributed.init_distributed(config.train.device)
+    try:
+        run(config, env)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
