@@ -397,10 +397,11 @@ def center_drift(centres: ArrayLike) -> float:
     ignoring NaN (absent) classes. Range ``[0, 2]``; 0 means every class points the same way
     in every run.
 
-    Use it when the runs live in one coordinate system: snapshots of a single run across
-    epochs, or different seeds trained towards the same fixed anchors (SAR). Between
-    independently trained seeds without anchors the feature space is only defined up to a
-    rotation, so this is large even for identical geometry; use :func:`geometry_drift` there.
+    Use it when the runs live in one coordinate system, e.g. snapshots of a single run across
+    epochs. Different seeds do not share one: even SAR's semantic anchors come from a projector
+    trained from a seed-dependent start (only the raw ``anchors`` buffer is shared), so between
+    seeds the feature space is defined up to a rotation and this is large even for identical
+    geometry; use :func:`geometry_drift` there.
 
     Args:
         centres: ``(S, C, D)`` class centres (e.g. :func:`class_means`) of ``S`` runs.
@@ -437,3 +438,108 @@ def geometry_drift(centres: ArrayLike) -> float:
     off = ~torch.eye(c.shape[1], dtype=torch.bool, device=c.device)
     diffs = [(cos[s] - cos[t]).abs()[off] for s, t in pairs]
     return torch.stack(diffs).nanmean().item()
+
+
+# --------------------------------------------------------------------------- over training
+
+
+def model_anchors(model: torch.nn.Module) -> torch.Tensor | None:
+    """A detached copy ``(C, D)`` of the class targets a regularised model pulls features toward.
+
+    SAR (a regulariser with ``semantic_anchors``): the semantic anchors, once its gate has
+    opened. EMA prototypes (``prototypes`` and ``seen``): the prototypes, once every class has
+    been seen. Anything else (plain CE, or before either condition holds): ``None``.
+    """
+    reg = getattr(model, "regularizer", None)
+    if hasattr(reg, "semantic_anchors") and hasattr(reg, "gate_opened"):
+        return reg.semantic_anchors.detach().clone() if bool(reg.gate_opened) else None
+    if hasattr(reg, "prototypes") and hasattr(reg, "seen"):
+        return reg.prototypes.detach().clone() if bool(reg.seen.all()) else None
+    return None
+
+
+class FeatureSnapshot:
+    """Held-out features ``(N, D)``, labels ``(N,)`` and anchors ``(C, D)`` or None, on the CPU."""
+
+    def __init__(
+        self, features: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor | None
+    ) -> None:
+        self.features, self.labels, self.anchors = features, labels, anchors
+
+
+class RepresentationTracker:
+    """An ``on_epoch_end`` callback for :func:`sar.train.fit` that measures held-out features.
+
+    After each epoch it runs ``model.features_and_logits`` (eval mode, no gradients) over
+    ``loader`` and appends one row to :attr:`rows`: ``epoch``, ``accuracy`` (fraction),
+    every entry of :func:`representation_metrics` measured against :func:`model_anchors`
+    (the ``anchor_*`` entries are NaN while there are none), ``anchor_cosine_other`` (mean
+    over samples of the mean cosine to the anchors of the *other* classes, the level that
+    ``anchor_cosine`` has to beat) and ``anchor_step_drift`` (:func:`center_drift` between
+    these anchors and those of the previous row: how far the targets moved in one epoch).
+    Call it once with ``epoch=0`` before training to record the initial state.
+
+    Args:
+        loader: ``(images, labels)`` batches, e.g. a fixed test subset (not shuffled).
+        num_classes: ``C``.
+        snapshot_epochs: epochs whose features, labels and anchors are kept in
+            :attr:`snapshots` (``{epoch: FeatureSnapshot}``), e.g. for embedding plots.
+    """
+
+    def __init__(
+        self, loader: object, num_classes: int, snapshot_epochs: Sequence[int] = ()
+    ) -> None:
+        self.loader, self.num_classes = loader, num_classes
+        self.snapshot_epochs = set(snapshot_epochs)
+        self.rows: list[dict[str, float]] = []
+        self.snapshots: dict[int, FeatureSnapshot] = {}
+        self._previous: torch.Tensor | None = None
+
+    def features(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features ``(N, D)``, logits ``(N, C)`` and labels ``(N,)`` of ``loader``, on the CPU."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        feats, logits, labels = [], [], []
+        try:
+            with torch.no_grad():
+                for x, y in self.loader:
+                    f, out = model.features_and_logits(x.to(device))
+                    feats.append(f.float().cpu())
+                    logits.append(out.float().cpu())
+                    labels.append(y.long().cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(feats), torch.cat(logits), torch.cat(labels)
+
+    def __call__(self, epoch: int, model: torch.nn.Module) -> None:
+        feats, logits, labels = self.features(model)
+        anchors = model_anchors(model)
+        anchors = None if anchors is None else anchors.float().cpu()
+        row: dict[str, float] = {"epoch": float(epoch), "accuracy": accuracy(logits, labels)}
+        row |= representation_metrics(feats, labels, self.num_classes, anchors)
+        row["anchor_cosine_other"] = math.nan
+        row["anchor_step_drift"] = math.nan
+        if anchors is not None:
+            cos = _pairwise_cosine_between(feats.double(), anchors.double())  # (N, C)
+            own = cos.gather(1, labels[:, None]).squeeze(1)
+            row["anchor_cosine_other"] = ((cos.sum(1) - own) / (self.num_classes - 1)).mean().item()
+            if self._previous is not None:
+                row["anchor_step_drift"] = center_drift(torch.stack([self._previous, anchors]))
+        row.setdefault("anchor_cosine", math.nan)
+        row.setdefault("anchor_distance", math.nan)
+        self._previous = anchors
+        self.rows.append(row)
+        if epoch in self.snapshot_epochs:
+            self.snapshots[epoch] = FeatureSnapshot(feats, labels, anchors)
+
+    def table(self):  # -> pandas.DataFrame (pandas is imported lazily)
+        """:attr:`rows` as a ``pandas.DataFrame``, one row per call, ``epoch`` as int."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows).astype({"epoch": int})
+
+
+def _pairwise_cosine_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` cosines between the rows of ``a (N, D)`` and ``b (C, D)``."""
+    return F.normalize(a, dim=1, eps=1e-12) @ F.normalize(b, dim=1, eps=1e-12).T

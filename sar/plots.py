@@ -564,3 +564,269 @@ def plot_sweep(
     ax.legend(title=f"{hue} (mean ± std over {seeds} seeds)", frameon=False)
     ax.set(title=title or f"{y} vs {x}", xlabel=xlabel or x, ylabel=ylabel or y)
     return ax
+
+
+def plot_bars(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    ax: Axes | None = None,
+    horizontal: bool = False,
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
+    """Bars of the mean of ``y`` per category ``x`` (grouped by ``hue``), error bars = std.
+
+    Rows sharing ``(x, hue)`` are aggregated (e.g. seeds); categories keep their order of
+    first appearance in ``df``. Error bars are the sample standard deviation (ddof=1).
+    """
+    ax = _axes(ax)
+    group_col = hue or "_all"
+    data = df if hue else df.assign(_all=y)
+    stats = sweep_summary(data, x, y, group_col)
+    categories = list(dict.fromkeys(df[x]))
+    groups = list(dict.fromkeys(data[group_col]))
+    width = 0.8 / len(groups)
+    positions = np.arange(len(categories))
+    draw = ax.barh if horizontal else ax.bar
+    for i, level in enumerate(groups):
+        rows = stats[stats[group_col] == level].set_index(x).reindex(categories)
+        offset = positions - 0.4 + width * (i + 0.5)
+        err = {"xerr" if horizontal else "yerr": rows["std"].to_numpy(float)}
+        draw(offset, rows["mean"].to_numpy(float), width, label=str(level) if hue else None,
+             capsize=3, **err)
+    set_ticks, set_label = (ax.set_yticks, ax.set_xlabel) if horizontal else (ax.set_xticks,
+                                                                              ax.set_ylabel)
+    set_ticks(positions, categories, **({} if horizontal else {"rotation": 30, "ha": "right"}))
+    set_label(ylabel or y)
+    if horizontal:
+        ax.invert_yaxis()  # first category on top
+    n = int(stats["n"].max())
+    if hue:
+        ax.legend(title=f"{hue} (mean ± std over {n} seeds)", frameon=False)
+    ax.set_title(title or f"{y} by {x} (mean ± std over {n} seeds)")
+    return ax
+
+
+def plot_metric_curves(
+    df: pd.DataFrame,
+    y: str,
+    x: str = "epoch",
+    hue: str = "method",
+    ax: Axes | None = None,
+    hue_order: Sequence[str] | None = None,
+    linestyle: str = "-",
+    label_suffix: str = "",
+    logy: bool = False,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
+    """Mean of ``y`` against ``x``, one line per ``hue`` level, with a ± std band over runs.
+
+    Rows sharing ``(hue, x)`` (e.g. seeds) are averaged; where there are several, a shaded
+    band shows ± one sample standard deviation (ddof=1). NaN values are dropped first, so a
+    level whose ``y`` is all NaN (e.g. an anchor metric of a method without anchors) draws
+    nothing. A level keeps its colour (``deep`` palette, by position in ``hue_order``,
+    default: order of first appearance) across calls, so a second call with
+    ``linestyle="--"`` and a ``label_suffix`` can add a related column to the same Axes.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    order = list(hue_order) if hue_order is not None else list(dict.fromkeys(df[hue]))
+    colours = sns.color_palette("deep", len(order))
+    stats = sweep_summary(df.dropna(subset=[y]), x, y, hue)
+    ax = _axes(ax)
+    for i, level in enumerate(order):
+        rows = stats[stats[hue] == level]
+        if rows.empty:
+            continue
+        xs, mean, std = (rows[c].to_numpy(float) for c in (x, "mean", "std"))
+        ax.plot(xs, mean, linestyle=linestyle, marker="o", markersize=4, color=colours[i],
+                label=f"{level}{label_suffix}")
+        if (rows["n"] > 1).any():
+            ax.fill_between(xs, mean - std, mean + std, color=colours[i], alpha=0.15,
+                            linewidth=0)
+    if logy:
+        ax.set_yscale("log")
+    if len(stats) and np.allclose(stats[x], np.round(stats[x])):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps
+    n_lo, n_hi = (int(stats["n"].min()), int(stats["n"].max())) if len(stats) else (0, 0)
+    runs = f"{n_lo}" if n_lo == n_hi else f"{n_lo}–{n_hi}"
+    ax.set(title=title or f"{y} (mean ± std over {runs} runs)", xlabel=xlabel or x,
+           ylabel=ylabel or y)
+    ax.legend(frameon=False)
+    return ax
+
+
+# ------------------------------------------------------------------------ anchor diagnostics
+
+
+def plot_value_histograms(
+    samples: Mapping[str, ArrayLike],
+    ax: Axes | None = None,
+    bins: int = 60,
+    title: str = "Distribution of values",
+    xlabel: str = "value (feature units)",
+    logy: bool = True,
+) -> Axes:
+    """Overlaid step histograms (densities on shared bins) of the entries of several tensors.
+
+    Args:
+        samples: ``{name: tensor of any shape}``; every entry is one value.
+        ax: Axes to draw on.
+        bins: about this many bins span the overall range of all samples; 0 is a bin edge.
+        title: Axes title.
+        xlabel: horizontal-axis label, with units.
+        logy: logarithmic density axis (a spike of exact zeros, as after a ReLU, would
+            otherwise flatten everything else).
+
+    Each legend entry gives the sample size and the shares of negative and exactly-zero
+    values, the two facts that tell post-ReLU features from raw Gaussian vectors.
+    """
+    if not samples:
+        raise ValueError("samples is empty")
+    flat = {name: _numpy(values).astype(np.float64).ravel() for name, values in samples.items()}
+    lo = min(v.min() for v in flat.values())
+    hi = max(v.max() for v in flat.values())
+    width = (hi - lo) / bins if hi > lo else 1.0 / bins
+    # bins aligned on 0, so exact zeros (post-ReLU) fill the bin [0, width), not one straddling 0
+    edges = width * np.arange(np.floor(lo / width), np.floor(hi / width) + 2)
+    ax = _axes(ax)
+    colours = sns.color_palette("deep", len(flat))
+    peak = 0.0
+    for colour, (name, values) in zip(colours, flat.items(), strict=True):
+        negative, zero = 100 * (values < 0).mean(), 100 * (values == 0).mean()
+        density, _, _ = ax.hist(values, bins=edges, density=True, histtype="step",
+                                linewidth=1.8, color=colour,
+                                label=f"{name}: n={values.size}, {negative:.0f} % < 0,"
+                                      f" {zero:.0f} % = 0")
+        peak = max(peak, float(np.max(density)))
+    if logy:
+        ax.set_yscale("log")
+    if peak > 0:  # headroom above the tallest bar for the legend
+        ax.set_ylim(top=peak * 30 if logy else peak * 1.4)
+    ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
+    ax.set(title=title, xlabel=xlabel, ylabel="density" + (" (log scale)" if logy else ""))
+    ax.legend(frameon=False, loc="upper right")
+    return ax
+
+
+def plot_anchor_probabilities(
+    probs: ArrayLike,
+    steps: ArrayLike | None = None,
+    filter_conf: float | None = 0.9,
+    update_conf: float | None = 0.8,
+    gate_step: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str = "Own-class probability of each projected anchor",
+) -> Axes:
+    """One line per anchor: the probability the classifier gives anchor ``i`` for class ``i``.
+
+    Args:
+        probs: ``(T, C)`` probabilities in ``[0, 1]`` over ``T`` logged steps.
+        steps: ``(T,)`` step numbers (default ``0..T-1``).
+        filter_conf: drawn as a dashed line: above it an anchor leaves the anchor CE.
+        update_conf: drawn as a dotted line: the gate needs every anchor above it.
+        gate_step: step at which the gate first opened; marked by a vertical line
+            (``None``: not drawn, the title says the gate stayed closed).
+        class_names: legend names (default: class indices); class colours as everywhere.
+        ax: Axes to draw on; the legend sits to the right of it.
+        title: Axes title.
+    """
+    p = _numpy(probs).astype(np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be (T, C), got shape {p.shape}")
+    xs = np.arange(len(p)) if steps is None else _numpy(steps).astype(np.float64)
+    if len(xs) != len(p):
+        raise ValueError(f"{len(xs)} steps for {len(p)} rows of probabilities")
+    num_classes = p.shape[1]
+    names, palette = _names(class_names, num_classes), class_palette(num_classes)
+    ax = _axes(ax)
+    for c in range(num_classes):
+        ax.plot(xs, p[:, c], color=palette[c], linewidth=1.4, label=names[c])
+    if filter_conf is not None and filter_conf < 1:
+        ax.axhline(filter_conf, color="0.2", linestyle="--", linewidth=1.0,
+                   label=f"filter_conf = {filter_conf:g}")
+    if update_conf is not None:
+        ax.axhline(update_conf, color="0.2", linestyle=":", linewidth=1.2,
+                   label=f"update_conf = {update_conf:g}")
+    if gate_step is not None:
+        ax.axvline(gate_step, color="black", linewidth=1.2, alpha=0.7,
+                   label=f"gate opens (step {gate_step})")
+    elif title:
+        title = f"{title} (gate still closed)"
+    ax.set(title=title, xlabel="step", ylabel="probability of own class", ylim=(0.0, 1.02))
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax
+
+
+# ------------------------------------------------------------------ segmentation comparison
+
+
+def plot_segmentation_comparison(
+    images: ArrayLike,
+    masks: ArrayLike,
+    preds: Mapping[str, ArrayLike],
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Several scenes, one per row: image, ground truth, then each method's prediction.
+
+    Args:
+        images: ``(N, 3, H, W)``, ``(N, H, W, 3)`` or grey ``(N, H, W)``; as in
+            :func:`plot_segmentation_overlay`.
+        masks: ``(N, H, W)`` integer ground truth.
+        preds: ``{method: (N, H, W) integer predictions}``, one column each, in order.
+        num_classes: ``C`` (default: largest label present + 1).
+        class_names: legend names (default: class indices).
+        ignore_index: label drawn white, left out of the accuracy and the class legend.
+        mean, std: per-channel normalisation to undo, ``image * std + mean``.
+        title: figure title.
+
+    Returns:
+        The Figure; each prediction panel's title gives its pixel accuracy on that scene (%),
+        the legend lists the classes present in any shown map.
+    """
+    truth = _numpy(masks).astype(np.int64)
+    if truth.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {truth.shape}")
+    pred_maps = {name: _numpy(p).astype(np.int64) for name, p in preds.items()}
+    for name, p in pred_maps.items():
+        if p.shape != truth.shape:
+            raise ValueError(f"predictions of {name!r} have shape {p.shape}, masks {truth.shape}")
+    maps = [truth, *pred_maps.values()]
+    if num_classes is None:
+        num_classes = max(int(m[m != ignore_index].max(initial=0)) + 1 for m in maps)
+    names = _names(class_names, num_classes)
+    n_rows, n_cols = len(truth), 2 + len(pred_maps)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.5 * n_cols, 2.5 * n_rows + 0.9),
+                             squeeze=False)
+    image_batch = _numpy(images)
+    for row in range(n_rows):
+        valid = truth[row] != ignore_index
+        panels = [("image", _image_hwc(image_batch[row], mean, std)),
+                  ("ground truth", colorize_mask(truth[row], num_classes, ignore_index))]
+        for name, p in pred_maps.items():
+            acc = (p[row][valid] == truth[row][valid]).mean() * 100 if valid.any() else np.nan
+            panels.append((f"{name}\n(pixel acc. {acc:.1f} %)",
+                           colorize_mask(p[row], num_classes, ignore_index)))
+        for ax, (name, data) in zip(axes[row], panels, strict=True):
+            ax.imshow(data, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(name if row == 0 or "\n" in name else "", fontsize=9)
+            ax.set(xticks=[], yticks=[])
+            ax.grid(False)
+        h, w = truth.shape[1:]
+        axes[row, 0].set_ylabel(f"scene {row + 1}\n{h} × {w} px", fontsize=9)
+    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
+    if title:
+        # room above the column titles (the legend's tight_layout used the whole height)
+        fig.subplots_adjust(top=fig.subplotpars.top - 0.45 / fig.get_figheight())
+        fig.suptitle(title)
+    return fig

@@ -291,3 +291,99 @@ def test_geometry_drift_matches_pairwise_definition():
 def test_drift_needs_two_runs():
     with pytest.raises(ValueError, match="S >= 2"):
         center_drift(torch.randn(1, 3, 4))
+
+
+# ------------------------------------------------------------- model_anchors / the tracker
+
+
+def _tiny_classifier(regularizer=None, **sar_options):
+    from sar.models import SARClassifier, SmallCNN
+
+    torch.manual_seed(0)
+    net = SmallCNN(num_classes=3, in_channels=1, width=4, feat_dim=6)
+    return SARClassifier(net, regularizer, **sar_options)
+
+
+def _tiny_loader(n: int = 24, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.arange(n) % 3
+    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, n, 8)]
+
+
+def test_model_anchors_per_method():
+    from sar.baselines import NoRegularizer, PrototypeRegularizer
+    from sar.metrics import model_anchors
+
+    assert model_anchors(_tiny_classifier(NoRegularizer())) is None
+    sar_model = _tiny_classifier()
+    assert model_anchors(sar_model) is None  # gate still closed
+    sar_model.regularizer.gate_opened.fill_(True)
+    sar_model.regularizer.semantic_anchors.normal_()
+    got = model_anchors(sar_model)
+    assert torch.equal(got, sar_model.regularizer.semantic_anchors)
+    got.zero_()  # a copy: the buffer is untouched
+    assert sar_model.regularizer.semantic_anchors.abs().sum() > 0
+    proto = _tiny_classifier(PrototypeRegularizer(3, 6))
+    proto.regularizer.seen[:2] = True
+    assert model_anchors(proto) is None  # class 2 never seen
+    proto.regularizer.seen[:] = True
+    assert torch.equal(model_anchors(proto), proto.regularizer.prototypes)
+
+
+def test_tracker_rows_and_snapshots_through_fit():
+    from sar.baselines import NoRegularizer
+    from sar.metrics import RepresentationTracker
+    from sar.train import fit
+
+    model, loader = _tiny_classifier(NoRegularizer()), _tiny_loader()
+    tracker = RepresentationTracker(loader, 3, snapshot_epochs=(0, 2))
+    tracker(0, model)
+    fit(model, _tiny_loader(seed=1), epochs=2, lr=0.01, progress=False, device="cpu",
+        on_epoch_end=tracker)
+    table = tracker.table()
+    assert table["epoch"].tolist() == [0, 1, 2]
+    assert sorted(tracker.snapshots) == [0, 2]
+    snap = tracker.snapshots[2]
+    assert snap.features.shape == (24, 6) and snap.anchors is None
+    assert torch.equal(snap.labels, torch.arange(24) % 3)
+    # the last row describes the trained model exactly
+    model.eval()
+    with torch.no_grad():
+        feats = torch.cat([model.model.features(x) for x, _ in loader])
+        logits = model.model.fc(feats)
+    model.train()
+    assert torch.allclose(snap.features, feats, atol=1e-6)
+    assert table["accuracy"].iloc[-1] == pytest.approx(accuracy(logits, snap.labels))
+    expected = representation_metrics(feats, snap.labels, 3)
+    assert table["nc1"].iloc[-1] == pytest.approx(expected["nc1"], rel=1e-5)
+    assert table[["anchor_cosine", "anchor_cosine_other", "anchor_step_drift"]].isna().all().all()
+    assert model.training  # the tracker restores the mode
+
+
+def test_tracker_anchor_columns_hand_computed():
+    from sar.metrics import RepresentationTracker
+
+    model = _tiny_classifier()
+    reg = model.regularizer
+    reg.gate_opened.fill_(True)
+    reg.semantic_anchors.copy_(torch.rand(3, 6, generator=torch.Generator().manual_seed(3)))
+    loader = _tiny_loader()
+    tracker = RepresentationTracker(loader, 3, snapshot_epochs=(5,))
+    tracker(4, model)
+    first = reg.semantic_anchors.clone()
+    reg.semantic_anchors[0] = -reg.semantic_anchors[0]  # class 0 turns around
+    tracker(5, model)
+    feats, labels = tracker.snapshots[5].features.double(), tracker.snapshots[5].labels
+    anchors = reg.semantic_anchors.double()
+    cos = torch.stack([torch.nn.functional.cosine_similarity(feats, a[None], dim=1)
+                       for a in anchors], dim=1)
+    own = cos[torch.arange(len(labels)), labels]
+    other = torch.stack([cos[i, [c for c in range(3) if c != labels[i]]].mean()
+                         for i in range(len(labels))])
+    row = tracker.table().iloc[-1]
+    assert row["anchor_cosine"] == pytest.approx(own.mean().item(), rel=1e-6)
+    assert row["anchor_cosine_other"] == pytest.approx(other.mean().item(), rel=1e-6)
+    assert row["anchor_step_drift"] == pytest.approx(2 / 3)  # one of three classes reversed
+    assert math.isnan(tracker.table()["anchor_step_drift"].iloc[0])
+    assert torch.equal(tracker.snapshots[5].anchors, reg.semantic_anchors)
+    assert not torch.equal(first, reg.semantic_anchors)

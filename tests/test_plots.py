@@ -214,3 +214,120 @@ def test_sweep_error_bars_equal_std_over_seeds():
         np.testing.assert_allclose(half, expected_std)
     assert "mean ± std over 3 seeds" in ax.get_legend().get_title().get_text()
     assert ax.get_xscale() == "log"
+
+
+def test_plot_bars_heights_and_error_bars_are_mean_and_std_over_seeds():
+    from sar.plots import plot_bars
+
+    df = pd.DataFrame({"method": ["a", "a", "b", "b"], "group": ["g"] * 4,
+                       "seed": [0, 1, 0, 1], "acc": [0.5, 0.7, 0.8, 0.9]})
+    ax = plot_bars(df, "method", "acc")
+    heights = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_allclose(heights, [0.6, 0.85])
+    errorbar = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    segments = errorbar.lines[2][0].get_segments()
+    spans = [seg[1][1] - seg[0][1] for seg in segments]
+    expected = [2 * np.std([0.5, 0.7], ddof=1), 2 * np.std([0.8, 0.9], ddof=1)]
+    np.testing.assert_allclose(spans, expected)
+    ax2 = plot_bars(df, "group", "acc", hue="method", horizontal=True)
+    widths = [patch.get_width() for patch in ax2.patches]
+    np.testing.assert_allclose(widths, [0.6, 0.85])
+    plt.close("all")
+
+
+def test_metric_curves_mean_band_and_stable_colours():
+    from matplotlib.colors import to_rgb
+
+    from sar.plots import plot_metric_curves
+
+    df = pd.DataFrame({
+        "method": ["a"] * 4 + ["b"] * 4 + ["c"] * 2,
+        "seed": [0, 0, 1, 1] * 2 + [0, 0],
+        "epoch": [0, 1] * 5,
+        "nc1": [4.0, 2.0, 6.0, 1.0, 3.0, 1.0, 3.0, 3.0, 5.0, 4.0],
+        "cos": [np.nan] * 4 + [0.5, 0.6, 0.7, 0.8, 0.1, 0.2],
+    })
+    ax = plot_metric_curves(df, "nc1", hue_order=["a", "b", "c"])
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["a", "b", "c"]
+    np.testing.assert_allclose(lines[0].get_ydata(), [5.0, 1.5])
+    np.testing.assert_allclose(lines[1].get_ydata(), [3.0, 2.0])
+    # one band for each level with two seeds, none for the single-run level "c"
+    assert len(ax.collections) == 2
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    std0 = np.std([4.0, 6.0], ddof=1)
+    std1 = np.std([2.0, 1.0], ddof=1)
+    assert band.max() == pytest.approx(5.0 + std0) and band.min() == pytest.approx(1.5 - std1)
+    # an all-NaN level draws nothing, and colours follow hue_order, not what is drawn
+    ax2 = plot_metric_curves(df, "cos", hue_order=["a", "b", "c"], linestyle="--",
+                             label_suffix=" (other)")
+    drawn = ax2.get_lines()
+    assert [line.get_label() for line in drawn] == ["b (other)", "c (other)"]
+    assert to_rgb(drawn[0].get_color()) == to_rgb(lines[1].get_color())
+    assert drawn[0].get_linestyle() == "--"
+    assert "mean ± std over 1–2 runs" in ax2.get_title()
+    plt.close("all")
+
+
+def test_value_histograms_shared_bins_and_legend_facts():
+    from sar.plots import plot_value_histograms
+
+    relu = torch.tensor([0.0, 0.0, 1.0, 2.0])
+    gauss = torch.tensor([-1.0, 0.5, 1.5, 3.0])
+    ax = plot_value_histograms({"relu": relu, "gauss": gauss}, bins=8, logy=False)
+    assert len(ax.patches) == 2  # one step outline per sample
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[0] == "relu: n=4, 0 % < 0, 50 % = 0"
+    assert labels[1] == "gauss: n=4, 25 % < 0, 0 % = 0"
+    # shared bins of width 0.5 covering the overall range [-1, 3], with 0 as an edge
+    xs = ax.patches[0].get_xy()[:, 0]
+    assert xs.min() == pytest.approx(-1.0) and xs.max() == pytest.approx(3.5)
+    assert np.isclose(np.unique(xs.round(9)), 0.0).any()
+    assert plot_value_histograms({"a": gauss}).get_yscale() == "log"
+    with pytest.raises(ValueError):
+        plot_value_histograms({})
+
+
+def test_anchor_probabilities_lines_thresholds_and_gate():
+    from sar.plots import plot_anchor_probabilities
+
+    probs = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.85, 0.9], [0.95, 0.92, 0.91]])
+    ax = plot_anchor_probabilities(probs, steps=[0, 10, 20], gate_step=20,
+                                   class_names=["a", "b", "c"])
+    lines = ax.get_lines()
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.2, 0.85, 0.92])
+    np.testing.assert_allclose(lines[1].get_xdata(), [0, 10, 20])
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == ["a", "b", "c", "filter_conf = 0.9", "update_conf = 0.8",
+                      "gate opens (step 20)"]
+    closed = plot_anchor_probabilities(probs, gate_step=None)
+    assert "gate still closed" in closed.get_title()
+    with pytest.raises(ValueError):
+        plot_anchor_probabilities(probs[0])
+
+
+def test_segmentation_comparison_rows_columns_and_accuracy_titles():
+    from sar.plots import plot_segmentation_comparison
+
+    g = _gen(5)
+    images = torch.rand(2, 3, 8, 10, generator=g)
+    masks = torch.randint(0, 3, (2, 8, 10), generator=g)
+    masks[1, 0, 0] = 255
+    perfect, wrong = masks.clone(), (masks + 1) % 3
+    perfect[1, 0, 0], wrong[1, 0, 0] = 0, 0
+    fig = plot_segmentation_comparison(images, masks, {"A": perfect, "B": wrong},
+                                       num_classes=3, class_names=["bg", "x", "y"])
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2 * 4
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[2] == "A\n(pixel acc. 100.0 %)" and titles[3] == "B\n(pixel acc. 0.0 %)"
+    assert titles[6].endswith("(pixel acc. 100.0 %)")  # the ignored pixel is not counted
+    np.testing.assert_array_equal(fig.axes[5].images[0].get_array()[0, 0], [1.0, 1.0, 1.0])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["bg", "x", "y", "ignore"]
+    with pytest.raises(ValueError, match="shape"):
+        plot_segmentation_comparison(images, masks, {"A": perfect[:, :4]})
+    titled = plot_segmentation_comparison(images, masks, {"A": perfect}, title="T")
+    titled.canvas.draw()
+    top_of_axes = max(ax.get_tightbbox().y1 for ax in titled.axes)
+    assert titled.texts[0].get_window_extent().y0 >= top_of_axes  # title above the panels
