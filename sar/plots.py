@@ -483,9 +483,9 @@ def plot_segmentation_overlay(
         ax.set_title(f"{name}\n{h} × {w} px", fontsize=10)
         ax.set(xticks=[], yticks=[])  # keep the frame: white ignore pixels touch the border
         ax.grid(False)
-    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
-    if title:
+    if title:  # before the legend's tight_layout, which then leaves room for it
         fig.suptitle(title)
+    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
     return fig
 
 

@@ -58,7 +58,9 @@ class SemanticAnchorRegularizer(nn.Module):
         anchor_seed: seed of the anchor generator; anchors are identical on every process.
         distance: pull distance, ``"mse"`` (original: mean over D of squared error) or
             ``"cosine"`` (1 - cosine similarity).
-        detach_weights: detach the hard-anchor weights of the anchor CE (the original does not).
+        detach_weights: detach the hard-anchor weights of the anchor CE. The original does not,
+            so the gradient on unfiltered anchor i is ``(2 a_i - L) / sum a`` with ``L`` the
+            weighted CE: an anchor easier than ``L / 2`` is pushed to be *less* confident.
         use_gate: if False the semantic anchors are updated and the pull applied on every step.
         pull_after_open: if True the pull stays on once the gate has opened, instead of only on
             steps where the gate passes (the original).
