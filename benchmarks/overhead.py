@@ -33,6 +33,8 @@ def main() -> None:
           f" median of {args.rounds} rounds x {args.steps} steps")
     header = (f"{'case':30s} {'plain ms':>9s} {'SAR ms':>9s} {'ratio':>6s}"
               f" {'infer ratio':>11s} {'plain MiB':>10s} {'SAR MiB':>9s} {'mem ratio':>9s}")
+    if not on_gpu:
+        print("memory: measured on a GPU only (nan here); see sar/benchmark.py")
     print(header)
     for key in args.cases:
         r = measure(key, device, args.steps, args.rounds)

@@ -2,17 +2,16 @@
 
 Plain and SAR steps are timed alternately in one process (ABAB...), so drift in the machine's
 speed hits both alike; the reported figure is the median over rounds. Peak memory is
-``torch.cuda.max_memory_allocated`` on a GPU and the peak resident set size of a fresh
-subprocess on the CPU (that one includes the interpreter and PyTorch themselves, so its ratio
-understates the relative cost of the tensors; the extra MiB are printed too).
+``torch.cuda.max_memory_allocated`` on a GPU. On the CPU PyTorch keeps no allocator
+statistics and the process's peak RSS is set by importing PyTorch before any step runs, so
+memory is reported as NaN there rather than as a number that measures nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -124,30 +123,16 @@ def time_steps(case: Case, device: torch.device, steps: int, rounds: int) -> dic
 
 
 def peak_memory(case: Case, device: torch.device, with_sar: bool, steps: int = 5) -> float:
-    """Peak memory in MiB of a few train steps (GPU: allocated tensors; CPU: process RSS)."""
-    if device.type == "cuda":
-        model = build(case, with_sar).to(device).train()
-        step = make_step(model, *batch(case, device))
+    """Peak allocated GPU memory in MiB over a few train steps; NaN on the CPU."""
+    if device.type != "cuda":
+        return float("nan")
+    model = build(case, with_sar).to(device).train()
+    step = make_step(model, *batch(case, device))
+    step()
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps):
         step()
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(steps):
-            step()
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    script = (
-        "import resource, sys, torch\n"
-        "from sar.benchmark import CASES, build, batch, make_step\n"
-        f"case = CASES[{_key_of(case)!r}]\n"
-        f"step = make_step(build(case, {with_sar}).train(), *batch(case, torch.device('cpu')))\n"
-        f"for _ in range({steps}): step()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def _key_of(case: Case) -> str:
-    return next(key for key, value in CASES.items() if value == case)
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 @dataclass
@@ -187,5 +172,5 @@ def measure(case_key: str, device: torch.device, steps: int = 10, rounds: int = 
         infer_ratio=times["sar_infer"] / times["plain_infer"],
         plain_mib=plain_mib,
         sar_mib=sar_mib,
-        memory_ratio=sar_mib / plain_mib,
+        memory_ratio=sar_mib / plain_mib if plain_mib > 0 else math.nan,
     )
