@@ -824,9 +824,7 @@ def plot_segmentation_comparison(
             ax.grid(False)
         h, w = truth.shape[1:]
         axes[row, 0].set_ylabel(f"scene {row + 1}\n{h} × {w} px", fontsize=9)
-    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
-    if title:
-        # room above the column titles (the legend's tight_layout used the whole height)
-        fig.subplots_adjust(top=fig.subplotpars.top - 0.45 / fig.get_figheight())
+    if title:  # before the legend's tight_layout, which then leaves room for it
         fig.suptitle(title)
+    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
     return fig
