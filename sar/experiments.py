@@ -42,7 +42,7 @@ from .benchmark import measure as measure_overhead
 from .config import default_device, seed_everything
 from .models import RegularizedModel, SARClassifier, SARSegmentationModel, SmallCNN, build_smp_model
 from .regularizer import SemanticAnchorRegularizer
-from .train import evaluate, fit
+from .train import evaluate, fit, gate_opened_step
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 CLASSIFICATION_METHODS = ("ce", "logit_adjusted", "center", "prototype", "etf", "sar")
@@ -213,16 +213,10 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     row |= {f"acc_class_{k}": v for k, v in enumerate(scores["per_class_accuracy"])}
     row |= {k: scores[k] for k in ("compactness", "separation", "ratio", "nc1") if k in scores}
     row["anchor_cosine"] = scores.get("anchor_cosine", float("nan"))
-    row["gate_opened_step"] = _first_gate_step(history)
+    row["gate_opened_step"] = gate_opened_step(history) if "gate_opened" in history else None
     row["imbalance_factor"], row["data"] = factor, lt.source
     row["train_size"] = len(lt.train)
     return row
-
-
-def _first_gate_step(history: pd.DataFrame) -> float:
-    if "gate_opened" not in history or not (history["gate_opened"] > 0).any():
-        return float("nan")
-    return float(history.loc[history["gate_opened"] > 0, "step"].iloc[0])
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -249,7 +243,7 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                       task="segmentation", device=device)
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
-    row["gate_opened_step"] = _first_gate_step(history)
+    row["gate_opened_step"] = gate_opened_step(history) if "gate_opened" in history else None
     return row
 
 

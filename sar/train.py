@@ -717,6 +717,17 @@ def evaluate(
     return result
 
 
+def gate_opened_step(history: pd.DataFrame) -> int | None:
+    """First logged step at which the SAR gate had opened (None if it never did).
+
+    Only as precise as ``fit``'s ``log_every``: the gate opened at this step or at one of the
+    unlogged steps just before it. ``history`` must come from a SAR run (a ``gate_opened``
+    column).
+    """
+    opened = history.loc[history["gate_opened"] > 0, "step"]
+    return int(opened.iloc[0]) if len(opened) else None
+
+
 def collect_features(
     model: nn.Module,
     loader: Iterable,

@@ -56,13 +56,6 @@ WEIGHT_TOLERANCE = 1e-9
 TIME_LIMIT_S = 240
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------ helpers
 def tiny_scenes() -> TensorDataset:

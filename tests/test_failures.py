@@ -33,13 +33,6 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_scenes_un
 TINY_KWARGS = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------ helpers
 def tiny_net(num_classes: int = C) -> nn.Module:

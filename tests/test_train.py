@@ -21,14 +21,6 @@ SAR_KEYS = {"anchor_ce", "pull", "reg_loss", "gate_passed", "gate_opened", "anch
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which thrash on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------- helpers
 def blob_images(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,3 +291,11 @@ def test_segmentation_fit_and_evaluate_with_features(tmp_path) -> None:
     feats, labs = collect_features(model, loader, device=CPU, max_points=500)
     assert feats.shape == (500, 8) and int(labs.max()) < 3
     assert model.training
+
+
+def test_gate_opened_step_is_the_first_logged_open_step() -> None:
+    from sar.train import gate_opened_step
+
+    history = pd.DataFrame({"step": [0, 5, 10, 15], "gate_opened": [0.0, 0.0, 1.0, 1.0]})
+    assert gate_opened_step(history) == 10
+    assert gate_opened_step(history.assign(gate_opened=0.0)) is None
