@@ -49,7 +49,9 @@ CLASSIFICATION_METHODS = ("ce", "logit_adjusted", "center", "prototype", "etf", 
 SEGMENTATION_METHODS = ("ce", "prototype", "sar")
 KEY = ["experiment", "method", "setting", "seed"]
 
-# SAR's own knobs at imbalance factor 100; the last two separate its two mechanisms
+# SAR's own knobs at imbalance factor 100, as options of SemanticAnchorRegularizer. The two
+# "off" rows separate its mechanisms; the last row adds classifier rebalancing on top (the
+# "loss" key picks the classification loss instead of a SAR option).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "filter off": {"filter_conf": 1.0},
@@ -67,6 +69,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "detached weights": {"detach_weights": True},
     "pull off (anchor CE only)": {"trade_off": 0.0},
     "anchor CE off (pull only)": {"trade_off_ce": 0.0, "use_gate": False},
+    "with logit-adjusted CE": {"loss": "logit_adjusted"},
 }
 
 
@@ -133,10 +136,12 @@ def longtail_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]
 
 def ablation_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
     factor = max(setup.imbalance_factors)
-    for name, sar_options in ABLATIONS.items():
+    for name, options in ABLATIONS.items():
+        sar_options = {k: v for k, v in options.items() if k != "loss"}
         for seed in seeds:
             yield Run("ablation", "sar", name, seed,
-                      {"imbalance_factor": factor, "sar_options": sar_options})
+                      {"imbalance_factor": factor, "sar_options": sar_options,
+                       "loss": options.get("loss", "ce")})
 
 
 def segmentation_grid(setup: SegmentationSetup, seeds: list[int]) -> Iterator[Run]:
@@ -171,23 +176,29 @@ def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailDat
 
 def build_classification_method(
     method: str, num_classes: int, in_channels: int, setup: ClassificationSetup,
-    counts: list[int], sar_options: dict[str, Any] | None = None,
+    counts: list[int], sar_options: dict[str, Any] | None = None, loss: str = "ce",
 ) -> tuple[RegularizedModel, nn.Module | None]:
-    """A SmallCNN trained by ``method``, and the criterion (None = plain cross-entropy)."""
+    """A SmallCNN trained by ``method``, and the criterion (None = plain cross-entropy).
+
+    ``loss="logit_adjusted"`` swaps the cross-entropy for the logit-adjusted one under any
+    method; the method ``"logit_adjusted"`` is plain training with that loss.
+    """
+    if loss not in ("ce", "logit_adjusted"):
+        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'logit_adjusted'")
     net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
     c, d = num_classes, setup.feat_dim
-    if method == "sar":
-        return SARClassifier(net, SemanticAnchorRegularizer(c, d, **(sar_options or {}))), None
-    if method == "etf":
-        net.fc = ETFClassifier(d, c)
-        return RegularizedModel(net, net.fc, net.fc, NoRegularizer()), None
     regularizers: dict[str, Callable[[], nn.Module]] = {
         "ce": NoRegularizer, "logit_adjusted": NoRegularizer,
         "center": lambda: CenterLoss(c, d), "prototype": lambda: PrototypeRegularizer(c, d),
+        "sar": lambda: SemanticAnchorRegularizer(c, d, **(sar_options or {})),
     }
-    if method not in regularizers:
+    if method not in (*regularizers, "etf"):
         raise ValueError(f"unknown method {method!r}; choose from {CLASSIFICATION_METHODS}")
-    criterion = LogitAdjustedCrossEntropy(counts) if method == "logit_adjusted" else None
+    rebalance = loss == "logit_adjusted" or method == "logit_adjusted"
+    criterion = LogitAdjustedCrossEntropy(counts) if rebalance else None
+    if method == "etf":
+        net.fc = ETFClassifier(d, c)
+        return RegularizedModel(net, net.fc, net.fc, NoRegularizer()), criterion
     return SARClassifier(net, regularizers[method]()), criterion
 
 
@@ -200,7 +211,8 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     num_classes, in_channels = len(lt.counts), lt.train.images.shape[1]
     generator = seed_everything(run.seed)
     model, criterion = build_classification_method(
-        run.method, num_classes, in_channels, setup, lt.counts, run.options.get("sar_options"))
+        run.method, num_classes, in_channels, setup, lt.counts, run.options.get("sar_options"),
+        run.options.get("loss", "ce"))
     loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
@@ -328,14 +340,18 @@ def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
                    scale: float = 100.0, higher_is_better: bool = True) -> str:
     """A ``rows x columns`` table of ``mean ± std`` of ``metric``, the best of each column bold.
 
-    Rows and columns keep their order of first appearance in ``df``.
+    Rows and columns keep their order of first appearance in ``df``. A cell averaged over fewer
+    seeds than the fullest cell says how many (``n=2``); a column with a single filled cell has
+    no winner to bold; a cell not run yet shows "–".
     """
     stats = summarise(df, [metric], [rows, columns])
-    mean = stats.pivot(index=rows, columns=columns, values=metric)
-    std = stats.pivot(index=rows, columns=columns, values=f"{metric}_std")
+    pivot = {key: stats.pivot(index=rows, columns=columns, values=value)
+             for key, value in (("mean", metric), ("std", f"{metric}_std"), ("n", "seeds"))}
     order, column_order = list(dict.fromkeys(df[rows])), list(dict.fromkeys(df[columns]))
-    mean, std = mean.loc[order, column_order], std.loc[order, column_order]
+    mean, std, n = (pivot[key].loc[order, column_order] for key in ("mean", "std", "n"))
     best = mean.max() if higher_is_better else mean.min()
+    contested = mean.notna().sum() > 1
+    full = n.max().max()
     lines = [f"| {rows} | " + " | ".join(str(c) for c in mean.columns) + " |",
              "|---" * (len(mean.columns) + 1) + "|"]
     for name in mean.index:
@@ -346,7 +362,11 @@ def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
                 cells.append("–")
                 continue
             text = f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}"
-            cells.append(f"**{text}**" if mean.loc[name, col] == best[col] else text)
+            if contested[col] and mean.loc[name, col] == best[col]:
+                text = f"**{text}**"
+            if n.loc[name, col] < full:
+                text += f" (n={int(n.loc[name, col])})"
+            cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -372,18 +392,39 @@ def results_or_reduced_grid(experiment: str, device: torch.device | None = None,
         " (tiny network, one epoch, one seed): a demonstration, not a result")
 
 
-def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str) -> tuple[float, float, int]:
-    """Mean and std (ddof=1; NaN for one seed) over seeds of ``metric(a) - metric(b)``, and the
-    number of seeds both methods ran. Pairing by seed cancels the shared data and init noise."""
-    x = df[df["method"] == a].set_index("seed")[metric]
-    y = df[df["method"] == b].set_index("seed")[metric]
+def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
+               by: str = "method") -> tuple[float, float, int]:
+    """Mean and std (ddof=1; NaN for one seed) over seeds of ``metric`` where ``by == a`` minus
+    where ``by == b``, and the number of seeds both ran. Pairing by seed cancels the shared
+    data and init noise."""
+    x = df[df[by] == a].set_index("seed")[metric]
+    y = df[df[by] == b].set_index("seed")[metric]
     paired = (x - y).dropna()
     return float(paired.mean()), float(paired.std(ddof=1)), len(paired)
 
 
+def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
+                     scale: float = 100.0) -> str:
+    """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric."""
+    lines = [f"| {by} | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]
+    for level in dict.fromkeys(df[by]):
+        if level == reference:
+            continue
+        cells = []
+        for metric in metrics:
+            mean, std, n = paired_gap(df, metric, level, reference, by)
+            spread = f" ± {std * scale:.2f}" if n > 1 else ""
+            cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(experiment: str, out_dir: Path) -> Path:
     """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
-    from . import plots  # matplotlib only when rendering
+    import matplotlib.pyplot as plt  # matplotlib only when rendering
+
+    from . import plots
 
     df = load_results(experiment, out_dir)
     if df is None:
@@ -406,12 +447,26 @@ def render(experiment: str, out_dir: Path) -> Path:
             tables += [f"\n**{metric}** (lower is more collapsed; mean ± std)\n",
                        markdown_table(df, "method", "setting", metric, 1.0, False)]
     elif experiment == "ablation":
+        factor = df["imbalance_factor"].iloc[0]
         for metric in ("accuracy", "few_accuracy"):
-            tables += [f"\n**{metric}** (%, imbalance factor {df['imbalance_factor'].iloc[0]:g})\n",
+            tables += [f"\n**{metric}** (%, imbalance factor {factor:g}, mean ± std over seeds)\n",
                        markdown_table(df, "setting", "method", metric)]
+        tables += ["\n**Paired difference to the default SAR** (percentage points, mean ± std "
+                   "over seeds of the per-seed difference)\n",
+                   paired_gap_table(df, "setting", "default", ["accuracy", "few_accuracy"])]
+        fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
+                                       sharey=True)
+        for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
+            plots.plot_bars(df, "setting", metric, ax=ax, horizontal=True,
+                            ylabel=f"test {metric} (fraction)", title=f"{metric}, IF {factor:g}")
+        _save(fig, figures / "ablation.png")
     elif experiment == "segmentation":
-        tables += ["\n**mIoU** (%, mean ± std over seeds)\n",
-                   markdown_table(df, "method", "setting", "mIoU")]
+        for metric in ("mIoU", "pixel_accuracy"):
+            tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", metric)]
+        ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
+                             title="Long-tailed scenes: mIoU by architecture")
+        _save(ax.figure, figures / "segmentation_miou.png")
     else:
         cols = ["case", "device", "plain_ms", "sar_ms", "train_ratio", "infer_ratio",
                 "memory_ratio"]
@@ -438,9 +493,9 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def _save(figure: Any, path: Path) -> None:
-    figure.savefig(path, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -600,8 +600,8 @@ def plot_bars(
                                                                               ax.set_ylabel)
     set_ticks(positions, categories, **({} if horizontal else {"rotation": 30, "ha": "right"}))
     set_label(ylabel or y)
-    if horizontal:
-        ax.invert_yaxis()  # first category on top
+    if horizontal:  # first category on top; set, not toggled, so shared axes stay right
+        ax.set_ylim(len(categories) - 0.5, -0.5)
     n = int(stats["n"].max())
     if hue:
         ax.legend(title=f"{hue} (mean ± std over {n} seeds)", frameon=False)

@@ -10,9 +10,11 @@ from sar.experiments import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     SMOKE_CLASSIFICATION,
+    build_classification_method,
     main,
     markdown_table,
     paired_gap,
+    paired_gap_table,
     results_or_reduced_grid,
 )
 
@@ -71,11 +73,38 @@ def test_markdown_table_bolds_the_best_mean_of_each_column():
     assert "| b | **80.00 ± 0.00** | – |" in markdown_table(partial, "method", "setting", "acc")
 
 
+def test_markdown_table_flags_cells_with_fewer_seeds_and_bolds_no_lone_cell():
+    df = pd.DataFrame({"method": ["a", "a", "b", "a"], "setting": ["x", "x", "x", "y"],
+                       "seed": [0, 1, 0, 0], "acc": [0.5, 0.7, 0.8, 0.4]})
+    table = markdown_table(df, "method", "setting", "acc")
+    assert "| a | 60.00 ± 14.14 | 40.00 (n=1) |" in table
+    assert "| b | **80.00** (n=1) | – |" in table
+
+
 def test_paired_gap_pairs_by_seed():
     df = pd.DataFrame({"method": ["a", "a", "b", "b", "b"], "seed": [0, 1, 0, 1, 2],
                        "acc": [0.6, 0.9, 0.5, 0.6, 0.1]})
     mean, std, n = paired_gap(df, "acc", "a", "b")
     assert n == 2 and mean == pytest.approx(0.2) and std == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_paired_gap_table_against_a_reference_setting():
+    df = pd.DataFrame({"setting": ["default"] * 2 + ["knob"] * 2 + ["new"],
+                       "seed": [0, 1, 0, 1, 0], "acc": [0.5, 0.6, 0.6, 0.8, 0.7]})
+    table = paired_gap_table(df, "setting", "default", ["acc"])
+    assert "| knob | +15.00 ± 7.07 (n=2) |" in table
+    assert "| new | +20.00 (n=1) |" in table and "| default |" not in table
+
+
+def test_logit_adjusted_loss_combines_with_any_method():
+    counts = [100, 10, 1]
+    _, plain = build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts)
+    model, criterion = build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts,
+                                                   loss="logit_adjusted")
+    assert plain is None and type(criterion).__name__ == "LogitAdjustedCrossEntropy"
+    assert type(model.regularizer).__name__ == "SemanticAnchorRegularizer"
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts, loss="focal")
 
 
 def test_missing_results_fall_back_to_a_reduced_grid(tmp_path):
@@ -87,7 +116,12 @@ def test_ablation_and_segmentation_smoke_grids(tmp_path):
     main(["ablation", "--smoke", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu"])
     ablation = pd.read_csv(tmp_path / "ablation.csv")
     assert list(ablation["setting"]) == list(ABLATIONS)
+    main(["render", "ablation", "--out", str(tmp_path)])
+    assert "Paired difference to the default SAR" in (tmp_path / "ablation.md").read_text()
+    assert (tmp_path / "figures" / "ablation.png").exists()
     main(["segmentation", "--smoke", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu"])
     seg = pd.read_csv(tmp_path / "segmentation.csv")
     assert set(seg["method"]) == {"ce", "prototype", "sar"} and seg["mIoU"].between(0, 1).all()
     assert "iou_class_10" in seg.columns
+    main(["render", "segmentation", "--out", str(tmp_path)])
+    assert (tmp_path / "figures" / "segmentation_miou.png").exists()

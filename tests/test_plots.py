@@ -235,6 +235,22 @@ def test_plot_bars_heights_and_error_bars_are_mean_and_std_over_seeds():
     plt.close("all")
 
 
+def test_horizontal_bars_keep_the_first_category_on_top_on_shared_axes():
+    from sar.plots import plot_bars
+
+    df = pd.DataFrame({"setting": ["first", "second", "third"], "seed": [0] * 3,
+                       "acc": [0.1, 0.2, 0.3]})
+    _, axes = plt.subplots(1, 2, sharey=True)
+    for ax in axes:  # toggling the inversion twice on a shared axis used to undo it
+        plot_bars(df, "setting", "acc", ax=ax, horizontal=True)
+    axes[0].figure.canvas.draw()
+    assert all(ax.yaxis_inverted() for ax in axes)
+    labels = {tick.get_text(): y for tick, y in zip(axes[0].get_yticklabels(),
+                                                    axes[0].get_yticks(), strict=True)}
+    assert labels == {"first": 0, "second": 1, "third": 2}
+    plt.close("all")
+
+
 def test_metric_curves_mean_band_and_stable_colours():
     from matplotlib.colors import to_rgb
 
