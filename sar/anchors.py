@@ -80,10 +80,15 @@ def hypersphere_anchors(
 
 
 def make_anchors(
-    init: str | torch.Tensor, num_classes: int, dim: int, seed: int = 0
+    init: str | torch.Tensor, num_classes: int, dim: int, seed: int = 0, **options: float
 ) -> torch.Tensor:
-    """Anchors ``(C, D)`` from a generator name in :data:`ANCHOR_INITS` or a user tensor."""
+    """Anchors ``(C, D)`` from a generator name in :data:`ANCHOR_INITS` or a user tensor.
+
+    ``options`` go to the generator, e.g. ``steps`` and ``temperature`` for ``"hypersphere"``.
+    """
     if isinstance(init, torch.Tensor):
+        if options:
+            raise TypeError(f"options {sorted(options)} only apply to a named generator")
         if init.shape != (num_classes, dim):
             raise ValueError(
                 f"anchor tensor must have shape (num_classes, feat_dim) = ({num_classes}, {dim}),"
@@ -98,7 +103,9 @@ def make_anchors(
     }
     if init not in generators:
         raise ValueError(f"unknown anchor init {init!r}; choose one of {ANCHOR_INITS} or a tensor")
-    return generators[init](num_classes, dim, seed=seed)
+    if options and init != "hypersphere":
+        raise TypeError(f"{init!r} anchors take no options, got {sorted(options)}")
+    return generators[init](num_classes, dim, seed=seed, **options)
 
 
 def simplex_bound(num_classes: int) -> float:

@@ -391,8 +391,9 @@ def plot_per_class(
 def _count_axis(ax: Axes, pos: np.ndarray, counts: np.ndarray, log: bool) -> None:
     twin = ax.twinx()
     twin.plot(pos, counts, color="0.2", marker=".", linewidth=1.2, label="training count")
+    log = log and bool((counts > 0).all())  # a zero count has no place on a log axis
     twin.set_ylabel("training samples per class" + (" (log scale)" if log else ""))
-    if log and (counts > 0).all():
+    if log:
         twin.set_yscale("log")
     twin.grid(False)
     handles = ax.get_legend_handles_labels()

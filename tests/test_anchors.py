@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from sar.anchors import ANCHOR_INITS, anchor_geometry, make_anchors, simplex_bound
+from sar.anchors import (
+    ANCHOR_INITS,
+    anchor_geometry,
+    hypersphere_anchors,
+    make_anchors,
+    simplex_bound,
+)
 
 
 @pytest.mark.parametrize("init", ANCHOR_INITS)
@@ -79,3 +85,13 @@ def test_unknown_init_lists_the_choices():
 def test_geometry_summary_prints_angles():
     text = str(anchor_geometry(make_anchors("etf", 4, 4)))
     assert "109.5" in text  # arccos(-1/3): the tetrahedral angle
+
+
+def test_make_anchors_passes_generator_options_and_rejects_stray_ones():
+    quick = make_anchors("hypersphere", 10, 3, steps=5)
+    assert not torch.equal(quick, make_anchors("hypersphere", 10, 3))
+    assert torch.equal(quick, hypersphere_anchors(10, 3, steps=5))
+    with pytest.raises(TypeError, match="take no options"):
+        make_anchors("gaussian", 3, 4, steps=5)
+    with pytest.raises(TypeError, match="named generator"):
+        make_anchors(torch.zeros(3, 4), 3, 4, steps=5)

@@ -142,6 +142,15 @@ def test_per_class_bars_ordered_by_counts_descending():
     np.testing.assert_array_equal(twin.get_lines()[0].get_ydata(), [100, 50, 20, 5])
 
 
+@pytest.mark.parametrize(("counts", "log"), [([5, 100, 20], True), ([0, 100, 20], False)])
+def test_per_class_count_axis_says_log_only_when_it_is_log(counts, log):
+    ax = plot_per_class(np.array([0.1, 0.9, 0.3]), np.array(counts))
+    twin = [other for other in ax.figure.axes if other is not ax][0]
+    assert (twin.get_yscale() == "log") is log
+    assert ("(log scale)" in twin.get_ylabel()) is log
+    plt.close("all")
+
+
 def test_per_class_grouped_bars_for_several_methods():
     counts = torch.tensor([3, 30, 10])
     methods = {"CE": torch.tensor([0.2, 0.8, 0.5]), "SAR": torch.tensor([0.3, 0.7, 0.6])}
