@@ -271,10 +271,16 @@ def hardware() -> str:
 
 
 def git_commit() -> str:
+    """The short commit of the code, with ``-dirty`` if ``sar/`` has uncommitted changes."""
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=package).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=Path(__file__).parent)
-        return out.stdout.strip()
+        dirty = git("status", "--porcelain", "--", ".")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -314,6 +320,7 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
     todo = [run for run in runs if run.key not in done]
     print(f"{experiment}: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
     cache: dict[Any, Any] = {}
+    commit = git_commit()  # the code this process loaded, even if the checkout moves on
     for run in tqdm(todo, desc=experiment, unit="run"):
         start = time.perf_counter()
         if experiment == "overhead":
@@ -326,7 +333,7 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
         meta = dict(zip(KEY, run.key, strict=True))
         append_row(csv, meta | row | {
             "smoke": smoke, "hardware": hardware(), "device": str(device),
-            "wall_time_s": round(time.perf_counter() - start, 1), "git_commit": git_commit(),
+            "wall_time_s": round(time.perf_counter() - start, 1), "git_commit": commit,
         })
     return csv
 
