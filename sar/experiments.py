@@ -130,28 +130,29 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- grids
+# Grids run seed by seed, so a grid stopped halfway still holds complete, paired comparisons.
 def longtail_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
     # most imbalanced first: the cheapest runs and the claims that matter most come first
     for factor in sorted(setup.imbalance_factors, reverse=True):
-        for method in CLASSIFICATION_METHODS:
-            for seed in seeds:
+        for seed in seeds:
+            for method in CLASSIFICATION_METHODS:
                 yield Run("longtail", method, f"if={factor:g}", seed, {"imbalance_factor": factor})
 
 
 def ablation_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
     factor = max(setup.imbalance_factors)
-    for name, options in ABLATIONS.items():
-        sar_options = {k: v for k, v in options.items() if k != "loss"}
-        for seed in seeds:
+    for seed in seeds:
+        for name, options in ABLATIONS.items():
+            sar_options = {k: v for k, v in options.items() if k != "loss"}
             yield Run("ablation", "sar", name, seed,
                       {"imbalance_factor": factor, "sar_options": sar_options,
                        "loss": options.get("loss", "ce")})
 
 
 def segmentation_grid(setup: SegmentationSetup, seeds: list[int]) -> Iterator[Run]:
-    for arch in setup.archs:
-        for method in SEGMENTATION_METHODS:
-            for seed in seeds:
+    for seed in seeds:
+        for arch in setup.archs:
+            for method in SEGMENTATION_METHODS:
                 yield Run("segmentation", method, arch, seed, {"arch": arch})
 
 

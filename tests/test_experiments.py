@@ -11,6 +11,7 @@ from sar.experiments import (
     CLASSIFICATION_METHODS,
     SMOKE_CLASSIFICATION,
     build_classification_method,
+    longtail_grid,
     main,
     markdown_table,
     paired_gap,
@@ -79,6 +80,14 @@ def test_markdown_table_flags_cells_with_fewer_seeds_and_bolds_no_lone_cell():
     table = markdown_table(df, "method", "setting", "acc")
     assert "| a | 60.00 ± 14.14 | 40.00 (n=1) |" in table
     assert "| b | **80.00** (n=1) | – |" in table
+
+
+def test_grid_runs_seed_by_seed_so_a_partial_grid_is_paired():
+    runs = list(longtail_grid(SMOKE_CLASSIFICATION, [0, 1]))
+    first = runs[: len(CLASSIFICATION_METHODS)]
+    assert {run.seed for run in first} == {0} and len({run.setting for run in first}) == 1
+    assert [run.method for run in first] == list(CLASSIFICATION_METHODS)
+    assert first[0].setting == f"if={max(SMOKE_CLASSIFICATION.imbalance_factors):g}"
 
 
 def test_paired_gap_pairs_by_seed():
