@@ -45,8 +45,9 @@ from .regularizer import SemanticAnchorRegularizer
 from .train import evaluate, fit, gate_opened_step
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-CLASSIFICATION_METHODS = ("ce", "logit_adjusted", "center", "prototype", "etf", "sar")
-SEGMENTATION_METHODS = ("ce", "prototype", "sar")
+# run order within a seed: the comparisons that matter most first
+CLASSIFICATION_METHODS = ("ce", "sar", "logit_adjusted", "prototype", "center", "etf")
+SEGMENTATION_METHODS = ("ce", "sar", "prototype")
 KEY = ["experiment", "method", "setting", "seed"]
 
 # SAR's own knobs at imbalance factor 100, as options of SemanticAnchorRegularizer. The two
