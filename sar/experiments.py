@@ -417,19 +417,24 @@ def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
 
 
 def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
-                     scale: float = 100.0) -> str:
-    """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric."""
-    lines = [f"| {by} | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
-             "|---" * (len(metrics) + 1) + "|"]
-    for level in dict.fromkeys(df[by]):
-        if level == reference:
+                     columns: str | None = None, scale: float = 100.0) -> str:
+    """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric,
+    computed separately within each level of ``columns`` when given (e.g. per setting)."""
+    groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
+    header = [f"Δ {m}" if level is None else (str(level) if len(metrics) == 1
+                                              else f"{level} Δ {m}")
+              for level, _ in groups for m in metrics]
+    lines = [f"| {by} | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for row in dict.fromkeys(df[by]):
+        if row == reference:
             continue
         cells = []
-        for metric in metrics:
-            mean, std, n = paired_gap(df, metric, level, reference, by)
-            spread = f" ± {std * scale:.2f}" if n > 1 else ""
-            cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
-        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+        for _, part in groups:
+            for metric in metrics:
+                mean, std, n = paired_gap(part, metric, row, reference, by)
+                spread = f" ± {std * scale:.2f}" if n > 1 else ""
+                cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -458,6 +463,10 @@ def render(experiment: str, out_dir: Path) -> Path:
             ax = plots.plot_sweep(df, "imbalance_factor", metric, "method", logx=True,
                                   ylabel=f"{metric} (fraction)", xlabel="imbalance factor")
             _save(ax.figure, figures / f"longtail_{metric}.png")
+        for metric in ("accuracy", "few_accuracy"):
+            tables += [f"\n**Paired gain over CE, {metric}** (percentage points, mean ± std over"
+                       " seeds of the per-seed difference)\n",
+                       paired_gap_table(df, "method", "ce", [metric], columns="setting")]
         for metric in ("nc1", "ratio"):
             tables += [f"\n**{metric}** (lower is more collapsed; mean ± std)\n",
                        markdown_table(df, "method", "setting", metric, 1.0, False)]

@@ -103,6 +103,11 @@ def test_paired_gap_table_against_a_reference_setting():
     table = paired_gap_table(df, "setting", "default", ["acc"])
     assert "| knob | +15.00 ± 7.07 (n=2) |" in table
     assert "| new | +20.00 (n=1) |" in table and "| default |" not in table
+    per_setting = df.assign(method=df["setting"].where(df["setting"] == "default", "sar"),
+                            setting=["a", "b"] * 2 + ["b"])
+    table = paired_gap_table(per_setting, "method", "default", ["acc"], columns="setting")
+    assert table.splitlines()[0] == "| method | a | b |"
+    assert "| sar | +10.00 (n=1) | +20.00 (n=1) |" in table
 
 
 def test_logit_adjusted_loss_combines_with_any_method():
