@@ -305,19 +305,48 @@ def append_row(csv: Path, row: dict[str, Any]) -> None:
     tmp.replace(csv)
 
 
+def setups(smoke: bool) -> tuple[ClassificationSetup, SegmentationSetup]:
+    if smoke:
+        return SMOKE_CLASSIFICATION, SMOKE_SEGMENTATION
+    return ClassificationSetup(), SegmentationSetup()
+
+
+def grid_runs(experiment: str, seeds: list[int], smoke: bool) -> list[Run]:
+    """Every cell of ``experiment``'s grid, in the order they run."""
+    cls_setup, seg_setup = setups(smoke)
+    if experiment == "overhead":
+        return [Run("overhead", "sar_vs_plain", key, 0) for key in OVERHEAD_CASES]
+    if experiment == "segmentation":
+        return list(segmentation_grid(seg_setup, seeds))
+    grid = longtail_grid if experiment == "longtail" else ablation_grid
+    return list(grid(cls_setup, seeds))
+
+
+def grid_status(seeds: list[int], out_dir: Path) -> str:
+    """Markdown: how much of each grid ``out_dir`` holds, where it ran and how long a run took."""
+    lines = ["| experiment | runs done | hardware | minutes per run (median, range) |",
+             "|---|---|---|---|"]
+    for experiment in EXPERIMENTS:
+        runs = grid_runs(experiment, seeds, smoke=False)
+        df = load_results(experiment, out_dir)
+        done = 0 if df is None else len(finished_keys(out_dir / f"{experiment}.csv")
+                                        & {run.key for run in runs})
+        if not done:
+            lines.append(f"| {experiment} | 0 of {len(runs)} | – | – |")
+            continue
+        minutes = df["wall_time_s"] / 60
+        machines = ", ".join(sorted(df["hardware"].unique()))
+        lines.append(f"| {experiment} | {done} of {len(runs)} | {machines} | {minutes.median():.1f}"
+                     f" ({minutes.min():.1f}-{minutes.max():.1f}) |")
+    return "\n".join(lines)
+
+
 def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
              device: torch.device) -> Path:
     """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV."""
     csv = out_dir / f"{experiment}.csv"
-    if experiment == "overhead":
-        runs = [Run("overhead", "sar_vs_plain", key, 0) for key in OVERHEAD_CASES]
-    elif experiment == "segmentation":
-        seg_setup = SMOKE_SEGMENTATION if smoke else SegmentationSetup()
-        runs = list(segmentation_grid(seg_setup, seeds))
-    else:
-        cls_setup = SMOKE_CLASSIFICATION if smoke else ClassificationSetup()
-        grid = longtail_grid if experiment == "longtail" else ablation_grid
-        runs = list(grid(cls_setup, seeds))
+    runs = grid_runs(experiment, seeds, smoke)
+    cls_setup, seg_setup = setups(smoke)
     done = finished_keys(csv)
     todo = [run for run in runs if run.key not in done]
     print(f"{experiment}: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
@@ -534,7 +563,8 @@ EXPERIMENTS = ("longtail", "ablation", "segmentation", "overhead")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sar.experiments",
                                      description="Run or render the reproduction grids.")
-    parser.add_argument("action", choices=[*EXPERIMENTS, "render"])
+    parser.add_argument("action", choices=[*EXPERIMENTS, "render", "status"],
+                        help="run a grid, render its CSV, or show how much of each grid is done")
     parser.add_argument("experiment", nargs="?", choices=EXPERIMENTS,
                         help="with render: which CSV to render")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -543,9 +573,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="results folder (default results/, or results/smoke with --smoke)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--readme", type=Path, default=None,
-                        help="with render: also write the tables into this README's block")
+                        help="with render or status: also write the output into this"
+                             " README's block")
     args = parser.parse_args(argv)
     out = args.out or (RESULTS_DIR / "smoke" if args.smoke else RESULTS_DIR)
+    if args.action == "status":
+        table = grid_status(args.seeds, out)
+        if args.readme is not None:
+            update_readme("status", table, args.readme)
+        print(table)
+        return
     if args.action == "render":
         if args.experiment is None:
             parser.error("render needs the experiment name, e.g. render longtail")

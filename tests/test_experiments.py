@@ -121,6 +121,17 @@ def test_logit_adjusted_loss_combines_with_any_method():
         build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts, loss="focal")
 
 
+def test_status_counts_only_cells_of_the_current_grid(tmp_path, capsys):
+    pd.DataFrame({"experiment": "ablation", "method": "sar", "setting": ["default", "default"],
+                  "seed": [0, 7], "hardware": "CPU test", "wall_time_s": [60.0, 180.0]},
+                 ).to_csv(tmp_path / "ablation.csv", index=False)
+    main(["status", "--out", str(tmp_path)])
+    table = capsys.readouterr().out
+    n_ablation = len(ABLATIONS) * 3
+    assert f"| ablation | 1 of {n_ablation} | CPU test | 2.0 (1.0-3.0) |" in table
+    assert "| longtail | 0 of 72 | – | – |" in table
+
+
 def test_missing_results_fall_back_to_a_reduced_grid(tmp_path):
     df, description = results_or_reduced_grid("segmentation", torch.device("cpu"), tmp_path)
     assert "reduced smoke grid" in description and len(df) == 3
