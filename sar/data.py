@@ -543,13 +543,16 @@ def shot_groups(
     counts: Sequence[int],
     many_threshold: int | None = None,
     few_threshold: int | None = None,
+    class_order: Sequence[int] | None = None,
 ) -> dict[str, list[int]]:
     """Split class ids into "many", "medium" and "few" shot groups (each list ascending).
 
     With thresholds (CIFAR-LT/ImageNet-LT use 100 and 20): many = ``count > many_threshold``,
     few = ``count < few_threshold``, medium otherwise. Without (both None): sort classes by
-    count, largest first, ties by class id, and cut into thirds of ``round(C / 3)`` head and
-    tail classes with the rest medium (C=10: 3/4/3). Giving only one threshold is an error.
+    count, largest first, and cut into thirds of ``round(C / 3)`` head and tail classes with
+    the rest medium (C=10: 3/4/3). Ties go by position in ``class_order`` (head to tail, e.g.
+    ``LongTail.class_order``), else by class id; so a balanced set (imbalance factor 1) gets
+    the same groups as its long-tailed versions. Giving only one threshold is an error.
     """
     counts = [int(n) for n in counts]
     if (many_threshold is None) != (few_threshold is None):
@@ -560,7 +563,11 @@ def shot_groups(
             key = "many" if n > many_threshold else "few" if n < few_threshold else "medium"
             groups[key].append(c)
         return groups
-    ranked = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    position = {c: i for i, c in enumerate(class_order if class_order is not None
+                                           else range(len(counts)))}
+    if sorted(position) != list(range(len(counts))):
+        raise ValueError(f"class_order must be a permutation of 0..{len(counts) - 1}")
+    ranked = sorted(range(len(counts)), key=lambda c: (-counts[c], position[c]))
     k = round(len(counts) / 3)
     return {
         "many": sorted(ranked[:k]),

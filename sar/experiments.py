@@ -177,7 +177,8 @@ def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailDat
                                      max_count=setup.max_count)
     train = sar_data.ClassificationDataset(*tail.apply(images, labels), augment=True)
     test = sar_data.ClassificationDataset(test_images, test_labels, train.mean, train.std)
-    return LongTailData(train, test, tail.counts, sar_data.shot_groups(tail.counts), source)
+    groups = sar_data.shot_groups(tail.counts, class_order=tail.class_order)
+    return LongTailData(train, test, tail.counts, groups, source)
 
 
 def build_classification_method(
@@ -434,14 +435,26 @@ def results_or_reduced_grid(experiment: str, device: torch.device | None = None,
         " (tiny network, one epoch, one seed): a demonstration, not a result")
 
 
+def paired_differences(df: pd.DataFrame, metric: str, reference: str,
+                       by: str = "method") -> pd.DataFrame:
+    """Per-seed ``metric`` of every level of ``by`` minus that of ``reference`` on the same seed.
+
+    Returns columns ``[by, "seed", metric]``, one row per (level, seed) both ran. Pairing by
+    seed cancels the data order and initialisation noise the two runs share.
+    """
+    ref = df[df[by] == reference].set_index("seed")[metric]
+    parts = [pd.DataFrame({by: level, "seed": diff.index, metric: diff.to_numpy()})
+             for level, group in df[df[by] != reference].groupby(by, sort=False)
+             if len(diff := (group.set_index("seed")[metric] - ref).dropna())]
+    return (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame({by: [], "seed": [], metric: []}))
+
+
 def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
                by: str = "method") -> tuple[float, float, int]:
     """Mean and std (ddof=1; NaN for one seed) over seeds of ``metric`` where ``by == a`` minus
-    where ``by == b``, and the number of seeds both ran. Pairing by seed cancels the shared
-    data and init noise."""
-    x = df[df[by] == a].set_index("seed")[metric]
-    y = df[df[by] == b].set_index("seed")[metric]
-    paired = (x - y).dropna()
+    where ``by == b``, and the number of seeds both ran."""
+    paired = paired_differences(df[df[by].isin([a, b])], metric, b, by)[metric]
     return float(paired.mean()), float(paired.std(ddof=1)), len(paired)
 
 
@@ -508,10 +521,13 @@ def render(experiment: str, out_dir: Path) -> Path:
                    "over seeds of the per-seed difference)\n",
                    paired_gap_table(df, "setting", "default", ["accuracy", "few_accuracy"])]
         fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
-                                       sharey=True)
+                                 sharey=True)
         for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
-            plots.plot_bars(df, "setting", metric, ax=ax, horizontal=True,
-                            ylabel=f"test {metric} (fraction)", title=f"{metric}, IF {factor:g}")
+            diffs = paired_differences(df, metric, "default", by="setting")
+            plots.plot_bars(diffs.assign(**{metric: diffs[metric] * 100}), "setting", metric,
+                            ax=ax, horizontal=True, ylabel="percentage points vs default SAR",
+                            title=f"Δ {metric} vs default SAR, IF {factor:g}")
+            ax.axvline(0, color="0.3", linewidth=1)
         _save(fig, figures / "ablation.png")
     elif experiment == "segmentation":
         for metric in ("mIoU", "pixel_accuracy"):

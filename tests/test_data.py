@@ -136,6 +136,17 @@ def test_shot_groups_thresholds_and_thirds() -> None:
         D.shot_groups(counts, many_threshold=100)
 
 
+def test_balanced_set_gets_the_shot_groups_of_its_long_tailed_versions() -> None:
+    labels = torch.arange(10).repeat(30)
+    tails = {f: D.make_long_tailed(labels, f, seed=3, max_count=30) for f in (1, 10)}
+    groups = {f: D.shot_groups(t.counts, class_order=t.class_order) for f, t in tails.items()}
+    assert tails[1].class_order == tails[10].class_order and len(set(tails[1].counts)) == 1
+    assert groups[1] == groups[10] == D.shot_groups(tails[10].counts)
+    assert groups[1]["few"] == sorted(tails[1].class_order[-3:])
+    with pytest.raises(ValueError, match="permutation"):
+        D.shot_groups([5] * 3, class_order=[0, 0, 1])
+
+
 # --------------------------------------------------------------------------- IDX and loaders
 
 
