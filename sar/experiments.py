@@ -480,6 +480,20 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
     return "\n".join(lines)
 
 
+def plot_paired_differences(df: pd.DataFrame, metric: str, reference: str, by: str,
+                            ax: Any = None, title: str | None = None) -> Any:
+    """Horizontal bars of each level's paired difference to ``reference`` (percentage points),
+    mean ± std over seeds, with the zero line: which changes matter beyond seed noise."""
+    from . import plots
+
+    diffs = paired_differences(df, metric, reference, by)
+    ax = plots.plot_bars(diffs.assign(**{metric: diffs[metric] * 100}), by, metric, ax=ax,
+                         horizontal=True, ylabel=f"percentage points vs {reference}",
+                         title=title or f"Δ {metric} vs {reference} (paired by seed)")
+    ax.axvline(0, color="0.3", linewidth=1)
+    return ax
+
+
 def render(experiment: str, out_dir: Path) -> Path:
     """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
     import matplotlib.pyplot as plt  # matplotlib only when rendering
@@ -523,11 +537,8 @@ def render(experiment: str, out_dir: Path) -> Path:
         fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
                                  sharey=True)
         for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
-            diffs = paired_differences(df, metric, "default", by="setting")
-            plots.plot_bars(diffs.assign(**{metric: diffs[metric] * 100}), "setting", metric,
-                            ax=ax, horizontal=True, ylabel="percentage points vs default SAR",
-                            title=f"Δ {metric} vs default SAR, IF {factor:g}")
-            ax.axvline(0, color="0.3", linewidth=1)
+            plot_paired_differences(df, metric, "default", "setting", ax=ax,
+                                    title=f"Δ {metric} vs default SAR, IF {factor:g}")
         _save(fig, figures / "ablation.png")
     elif experiment == "segmentation":
         for metric in ("mIoU", "pixel_accuracy"):
