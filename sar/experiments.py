@@ -232,7 +232,7 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     row |= {f"acc_class_{k}": v for k, v in enumerate(scores["per_class_accuracy"])}
     row |= {k: scores[k] for k in ("compactness", "separation", "ratio", "nc1") if k in scores}
     row["anchor_cosine"] = scores.get("anchor_cosine", float("nan"))
-    row["gate_opened_step"] = gate_opened_step(history) if "gate_opened" in history else None
+    row["gate_opened_step"] = gate_opened_step(history)
     row["imbalance_factor"], row["data"] = factor, lt.source
     row["train_size"] = len(lt.train)
     return row
@@ -262,7 +262,7 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                       task="segmentation", device=device)
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
-    row["gate_opened_step"] = gate_opened_step(history) if "gate_opened" in history else None
+    row["gate_opened_step"] = gate_opened_step(history)
     return row
 
 
@@ -288,11 +288,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def row_keys(df: pd.DataFrame) -> set[tuple]:
+    """The ``(experiment, method, setting, seed)`` key of every row of a results frame."""
+    return {(e, m, s, int(seed)) for e, m, s, seed in df[KEY].itertuples(index=False)}
+
+
 def finished_keys(csv: Path) -> set[tuple]:
-    if not csv.exists():
-        return set()
-    done = pd.read_csv(csv, usecols=KEY)
-    return {(e, m, s, int(seed)) for e, m, s, seed in done.itertuples(index=False)}
+    return row_keys(pd.read_csv(csv, usecols=KEY)) if csv.exists() else set()
 
 
 def append_row(csv: Path, row: dict[str, Any]) -> None:
@@ -330,8 +332,7 @@ def grid_status(seeds: list[int], out_dir: Path) -> str:
     for experiment in EXPERIMENTS:
         runs = grid_runs(experiment, seeds, smoke=False)
         df = load_results(experiment, out_dir)
-        done = 0 if df is None else len(finished_keys(out_dir / f"{experiment}.csv")
-                                        & {run.key for run in runs})
+        done = 0 if df is None else len(row_keys(df) & {run.key for run in runs})
         if not done:
             lines.append(f"| {experiment} | 0 of {len(runs)} | – | – |")
             continue

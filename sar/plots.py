@@ -467,13 +467,11 @@ def plot_segmentation_overlay(
         The Figure; the legend lists only the classes present in the mask or prediction.
     """
     maps = [_numpy(m).astype(np.int64) for m in ([mask] if pred is None else [mask, pred])]
-    if num_classes is None:
-        num_classes = max(int(m[m != ignore_index].max(initial=0)) + 1 for m in maps)
+    num_classes = num_classes or _classes_present(maps, ignore_index)
     names = _names(class_names, num_classes)
     panels = [("image", _image_hwc(image, mean, std)), ("ground truth", maps[0])]
     if pred is not None:
-        valid = maps[0] != ignore_index
-        acc = (maps[1][valid] == maps[0][valid]).mean() * 100 if valid.any() else np.nan
+        acc = _pixel_accuracy(maps[1], maps[0], ignore_index)
         panels.append((f"prediction (pixel acc. {acc:.1f} %)", maps[1]))
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0), squeeze=False)
@@ -488,6 +486,17 @@ def plot_segmentation_overlay(
         fig.suptitle(title)
     _segmentation_legend(fig, maps, num_classes, names, ignore_index)
     return fig
+
+
+def _classes_present(maps: list[np.ndarray], ignore_index: int) -> int:
+    """Largest label in any map, ignore pixels aside, plus one."""
+    return max(int(m[m != ignore_index].max(initial=0)) + 1 for m in maps)
+
+
+def _pixel_accuracy(pred: np.ndarray, truth: np.ndarray, ignore_index: int) -> float:
+    """Percentage of non-ignore pixels predicted right (NaN if all are ignored)."""
+    valid = truth != ignore_index
+    return (pred[valid] == truth[valid]).mean() * 100 if valid.any() else np.nan
 
 
 def _segmentation_legend(
@@ -803,19 +812,17 @@ def plot_segmentation_comparison(
         if p.shape != truth.shape:
             raise ValueError(f"predictions of {name!r} have shape {p.shape}, masks {truth.shape}")
     maps = [truth, *pred_maps.values()]
-    if num_classes is None:
-        num_classes = max(int(m[m != ignore_index].max(initial=0)) + 1 for m in maps)
+    num_classes = num_classes or _classes_present(maps, ignore_index)
     names = _names(class_names, num_classes)
     n_rows, n_cols = len(truth), 2 + len(pred_maps)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.5 * n_cols, 2.5 * n_rows + 0.9),
                              squeeze=False)
     image_batch = _numpy(images)
     for row in range(n_rows):
-        valid = truth[row] != ignore_index
         panels = [("image", _image_hwc(image_batch[row], mean, std)),
                   ("ground truth", colorize_mask(truth[row], num_classes, ignore_index))]
         for name, p in pred_maps.items():
-            acc = (p[row][valid] == truth[row][valid]).mean() * 100 if valid.any() else np.nan
+            acc = _pixel_accuracy(p[row], truth[row], ignore_index)
             panels.append((f"{name}\n(pixel acc. {acc:.1f} %)",
                            colorize_mask(p[row], num_classes, ignore_index)))
         for ax, (name, data) in zip(axes[row], panels, strict=True):

@@ -718,12 +718,14 @@ def evaluate(
 
 
 def gate_opened_step(history: pd.DataFrame) -> int | None:
-    """First logged step at which the SAR gate had opened (None if it never did).
+    """First logged step at which the SAR gate had opened; None if it never did, or if
+    ``history`` has no gate (a run without SAR).
 
     Only as precise as ``fit``'s ``log_every``: the gate opened at this step or at one of the
-    unlogged steps just before it. ``history`` must come from a SAR run (a ``gate_opened``
-    column).
+    unlogged steps just before it.
     """
+    if "gate_opened" not in history:
+        return None
     opened = history.loc[history["gate_opened"] > 0, "step"]
     return int(opened.iloc[0]) if len(opened) else None
 

@@ -299,3 +299,4 @@ def test_gate_opened_step_is_the_first_logged_open_step() -> None:
     history = pd.DataFrame({"step": [0, 5, 10, 15], "gate_opened": [0.0, 0.0, 1.0, 1.0]})
     assert gate_opened_step(history) == 10
     assert gate_opened_step(history.assign(gate_opened=0.0)) is None
+    assert gate_opened_step(history.drop(columns="gate_opened")) is None  # a run without SAR
