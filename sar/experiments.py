@@ -344,10 +344,20 @@ def grid_status(seeds: list[int], out_dir: Path) -> str:
 
 
 def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
-             device: torch.device) -> Path:
-    """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV."""
+             device: torch.device, settings: list[str] | None = None) -> Path:
+    """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV.
+
+    ``settings`` restricts the grid to those settings (a factor such as ``if=1``, an ablation
+    name, a segmentation architecture), e.g. to finish one architecture before the next.
+    """
     csv = out_dir / f"{experiment}.csv"
     runs = grid_runs(experiment, seeds, smoke)
+    if settings is not None:
+        unknown = set(settings) - {run.setting for run in runs}
+        if unknown:
+            raise ValueError(f"{experiment} has no setting {sorted(unknown)}; its settings are "
+                             f"{sorted({run.setting for run in runs})}")
+        runs = [run for run in runs if run.setting in settings]
     cls_setup, seg_setup = setups(smoke)
     done = finished_keys(csv)
     todo = [run for run in runs if run.key not in done]
@@ -600,6 +610,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default results/, or results/smoke with --smoke)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--settings", nargs="+", default=None,
+                        help="run only these settings of the grid, e.g. --settings Unet")
     parser.add_argument("--readme", type=Path, default=None,
                         help="with render or status: also write the output into this"
                              " README's block")
@@ -620,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summary)
         return
     device = torch.device(args.device) if args.device else default_device()
-    csv = run_grid(args.action, args.seeds, args.smoke, out, device)
+    csv = run_grid(args.action, args.seeds, args.smoke, out, device, args.settings)
     print(f"wrote {csv}")
 
 

@@ -150,3 +150,13 @@ def test_ablation_and_segmentation_smoke_grids(tmp_path):
     assert "iou_class_10" in seg.columns
     main(["render", "segmentation", "--out", str(tmp_path)])
     assert (tmp_path / "figures" / "segmentation_miou.png").exists()
+
+
+def test_settings_restrict_the_grid_and_unknown_ones_are_named(tmp_path):
+    chosen = ["anchor CE off (pull only)", "pull off (anchor CE only)"]
+    main(["ablation", "--smoke", "--seeds", "0", "--settings", *chosen,
+          "--out", str(tmp_path), "--device", "cpu"])
+    # the grid's own order, whatever order they were asked in
+    assert list(pd.read_csv(tmp_path / "ablation.csv")["setting"]) == chosen[::-1]
+    with pytest.raises(ValueError, match="no setting \\['if=3'\\]"):
+        main(["longtail", "--smoke", "--settings", "if=3", "--out", str(tmp_path)])
