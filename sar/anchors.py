@@ -44,16 +44,25 @@ def etf_anchors(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
     """Simplex equiangular tight frame, ``(C, D)``: every pair has cosine ``-1/(C-1)``.
 
     This is the most separated configuration C unit vectors can have (the neural-collapse
-    geometry). Built as centred one-hot vectors rotated by a random orthonormal basis;
-    needs ``C <= D``.
+    geometry). Built as centred one-hot vectors rotated by a random orthonormal basis.
+    The centred vectors span only ``C - 1`` dimensions, so ``D >= C - 1`` is enough.
     """
     if num_classes < 2:
         raise ValueError("a simplex ETF needs at least 2 classes")
-    if num_classes > dim:
-        raise ValueError(f"ETF anchors need num_classes <= dim, got C={num_classes}, D={dim}")
-    basis, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=_generator(seed)))
+    if num_classes > dim + 1:
+        raise ValueError(
+            f"ETF anchors need num_classes <= dim + 1, got C={num_classes}, D={dim}; "
+            "'hypersphere' anchors work for any C"
+        )
     centred = torch.eye(num_classes) - 1.0 / num_classes
-    return _with_row_norm(centred @ basis.T, math.sqrt(dim))
+    if num_classes <= dim:
+        basis, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=_generator(seed)))
+        return _with_row_norm(centred @ basis.T, math.sqrt(dim))
+    # D = C - 1: write the centred vectors in an orthonormal basis of their own (C-1)-dim span
+    # (the orthogonal complement of the all-ones vector), then rotate that basis at random.
+    span, _ = torch.linalg.qr(centred[:, :dim])
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=_generator(seed)))
+    return _with_row_norm(centred @ span @ rotation, math.sqrt(dim))
 
 
 def hypersphere_anchors(

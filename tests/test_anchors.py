@@ -41,6 +41,16 @@ def test_etf_reaches_the_simplex_bound_exactly():
     assert geometry.min_angle_deg == pytest.approx(geometry.simplex_angle_deg, abs=1e-3)
 
 
+def test_etf_exists_down_to_c_minus_one_dimensions():
+    anchors = make_anchors("etf", 10, 9, seed=2)
+    geometry = anchor_geometry(anchors)
+    off = geometry.cosine[~torch.eye(10, dtype=torch.bool)]
+    assert anchors.shape == (10, 9)
+    assert torch.allclose(off, torch.full_like(off, -1 / 9), atol=1e-6)
+    assert torch.allclose(anchors.norm(dim=1), torch.full((10,), 3.0), atol=1e-5)
+    assert not torch.equal(anchors, make_anchors("etf", 10, 9, seed=3))
+
+
 def test_hypersphere_beats_gaussian_where_no_closed_form_exists():
     # 10 classes in 3-D: C > D + 1, the ETF does not exist
     packed = anchor_geometry(make_anchors("hypersphere", 10, 3)).min_angle_deg
@@ -71,10 +81,11 @@ def test_user_tensor_is_copied_and_checked():
         make_anchors(torch.randn(3, 4), 3, 5)
 
 
-@pytest.mark.parametrize("init", ["orthogonal", "etf"])
-def test_too_many_classes_for_the_dimension_raise(init):
-    with pytest.raises(ValueError, match="num_classes <= dim"):
-        make_anchors(init, 10, 3)
+def test_too_many_classes_for_the_dimension_raise():
+    with pytest.raises(ValueError, match="orthogonal anchors need num_classes <= dim,"):
+        make_anchors("orthogonal", 4, 3)
+    with pytest.raises(ValueError, match="need num_classes <= dim \\+ 1.*hypersphere"):
+        make_anchors("etf", 5, 3)
 
 
 def test_unknown_init_lists_the_choices():

@@ -46,13 +46,14 @@ def test_prototypes_pull_segmentation_maps_with_ignore():
     assert torch.allclose(reg.prototypes[1], features[0, :, 1, :].mean(dim=1))
 
 
-def test_etf_head_is_fixed_and_maximally_separated():
-    head = ETFClassifier(16, 5)
+@pytest.mark.parametrize("in_features", [16, 4])  # 4 = C - 1, the smallest that fits an ETF
+def test_etf_head_is_fixed_and_maximally_separated(in_features):
+    head = ETFClassifier(in_features, 5)
     assert list(head.parameters()) == []
     w = F.normalize(head.weight, dim=1)
     off = (w @ w.T)[~torch.eye(5, dtype=torch.bool)]
     assert torch.allclose(off, torch.full_like(off, -0.25), atol=1e-6)
-    assert head(torch.randn(3, 16)).shape == (3, 5)
+    assert head(torch.randn(3, in_features)).shape == (3, 5)
 
 
 def test_logit_adjustment_shifts_by_the_log_prior():
