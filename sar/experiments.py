@@ -297,6 +297,31 @@ def finished_keys(csv: Path) -> set[tuple]:
     return row_keys(pd.read_csv(csv, usecols=KEY)) if csv.exists() else set()
 
 
+def merge_rows(csv: Path, sources: list[Path]) -> int:
+    """Append to ``csv`` the rows of ``sources`` whose key it lacks; returns how many were added.
+
+    For a grid split across processes or machines, each writing its own ``--out`` folder:
+    a key already present is kept as it is, never overwritten.
+    """
+    frames = [pd.read_csv(csv)] if csv.exists() else []
+    known = row_keys(frames[0]) if frames else set()
+    added = 0
+    for source in sources:
+        rows = pd.read_csv(source)
+        experiments = set(rows["experiment"])
+        if experiments != {csv.stem}:
+            raise ValueError(f"{source} holds {sorted(experiments)} rows, not {csv.stem!r} ones")
+        keys = [(e, m, s, int(seed)) for e, m, s, seed in rows[KEY].itertuples(index=False)]
+        new = rows[[key not in known for key in keys]]
+        known |= set(keys)
+        frames.append(new)
+        added += len(new)
+    tmp = csv.with_suffix(".tmp")
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    tmp.replace(csv)
+    return added
+
+
 def append_row(csv: Path, row: dict[str, Any]) -> None:
     """Append one row, widening the CSV's columns if this row brings new ones."""
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -601,10 +626,13 @@ EXPERIMENTS = ("longtail", "ablation", "segmentation", "overhead")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sar.experiments",
                                      description="Run or render the reproduction grids.")
-    parser.add_argument("action", choices=[*EXPERIMENTS, "render", "status"],
-                        help="run a grid, render its CSV, or show how much of each grid is done")
+    parser.add_argument("action", choices=[*EXPERIMENTS, "render", "merge", "status"],
+                        help="run a grid, render its CSV, merge rows run elsewhere into it, or"
+                             " show how much of each grid is done")
     parser.add_argument("experiment", nargs="?", choices=EXPERIMENTS,
-                        help="with render: which CSV to render")
+                        help="with render or merge: which CSV")
+    parser.add_argument("sources", nargs="*", type=Path,
+                        help="with merge: CSVs of the same experiment written with another --out")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--smoke", action="store_true", help="a tiny grid, for tests")
     parser.add_argument("--out", type=Path, default=None,
@@ -623,9 +651,16 @@ def main(argv: list[str] | None = None) -> None:
             update_readme("status", table, args.readme)
         print(table)
         return
+    if args.action in ("render", "merge") and args.experiment is None:
+        parser.error(f"{args.action} needs the experiment name, e.g. {args.action} longtail")
+    if (args.action == "merge") != bool(args.sources):
+        parser.error("only merge takes CSV paths, and it needs at least one,"
+                     " e.g. merge segmentation elsewhere/segmentation.csv")
+    if args.action == "merge":
+        added = merge_rows(out / f"{args.experiment}.csv", args.sources)
+        print(f"added {added} rows to {out / f'{args.experiment}.csv'}")
+        return
     if args.action == "render":
-        if args.experiment is None:
-            parser.error("render needs the experiment name, e.g. render longtail")
         summary = render(args.experiment, out).read_text()
         if args.readme is not None:
             update_readme(args.experiment, summary, args.readme)

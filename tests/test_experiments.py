@@ -160,3 +160,20 @@ def test_settings_restrict_the_grid_and_unknown_ones_are_named(tmp_path):
     assert list(pd.read_csv(tmp_path / "ablation.csv")["setting"]) == chosen[::-1]
     with pytest.raises(ValueError, match="no setting \\['if=3'\\]"):
         main(["longtail", "--smoke", "--settings", "if=3", "--out", str(tmp_path)])
+
+
+def test_merge_adds_only_missing_rows_of_the_same_experiment(tmp_path, capsys):
+    here, there = tmp_path / "here", tmp_path / "there"
+    row = {"experiment": "segmentation", "method": "ce", "setting": "Unet", "mIoU": 0.2}
+    here.mkdir(), there.mkdir()
+    pd.DataFrame([row | {"seed": 0}]).to_csv(here / "segmentation.csv", index=False)
+    pd.DataFrame([row | {"seed": 0, "mIoU": 0.9}, row | {"seed": 2, "wall_time_s": 5.0}]
+                 ).to_csv(there / "segmentation.csv", index=False)
+    main(["merge", "segmentation", str(there / "segmentation.csv"), "--out", str(here)])
+    assert "added 1 rows to" in capsys.readouterr().out
+    merged = pd.read_csv(here / "segmentation.csv")
+    assert list(merged["seed"]) == [0, 2] and list(merged["mIoU"]) == [0.2, 0.2]
+    with pytest.raises(ValueError, match="not 'longtail'"):
+        main(["merge", "longtail", str(there / "segmentation.csv"), "--out", str(here)])
+    with pytest.raises(SystemExit):
+        main(["render", "segmentation", str(there / "segmentation.csv")])
