@@ -580,6 +580,9 @@ def render(experiment: str, out_dir: Path) -> Path:
         for metric in ("mIoU", "pixel_accuracy"):
             tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
                        markdown_table(df, "method", "setting", metric)]
+        tables += ["\n**Paired gain over CE, mIoU** (percentage points, mean ± std over seeds of"
+                   " the per-seed difference)\n",
+                   paired_gap_table(df, "method", "ce", ["mIoU"], columns="setting")]
         ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
                              title="Long-tailed scenes: mIoU by architecture")
         _save(ax.figure, figures / "segmentation_miou.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -149,6 +151,8 @@ def test_ablation_and_segmentation_smoke_grids(tmp_path):
     assert set(seg["method"]) == {"ce", "prototype", "sar"} and seg["mIoU"].between(0, 1).all()
     assert "iou_class_10" in seg.columns
     main(["render", "segmentation", "--out", str(tmp_path)])
+    paired = (tmp_path / "segmentation.md").read_text().split("Paired gain over CE, mIoU")[1]
+    assert re.search(r"\| sar \| [+-]\d+\.\d\d \(n=1\) \|", paired), paired
     assert (tmp_path / "figures" / "segmentation_miou.png").exists()
 
 
