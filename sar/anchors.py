@@ -55,6 +55,8 @@ def etf_anchors(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
             "'hypersphere' anchors work for any C"
         )
     centred = torch.eye(num_classes) - 1.0 / num_classes
+    # Two constructions of the same frame: the D = C - 1 one below would serve every D, but
+    # C <= D keeps its original random rotation so that committed ETF results reproduce.
     if num_classes <= dim:
         basis, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=_generator(seed)))
         return _with_row_norm(centred @ basis.T, math.sqrt(dim))

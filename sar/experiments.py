@@ -288,13 +288,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def row_keys(df: pd.DataFrame) -> set[tuple]:
-    """The ``(experiment, method, setting, seed)`` key of every row of a results frame."""
-    return {(e, m, s, int(seed)) for e, m, s, seed in df[KEY].itertuples(index=False)}
+def keys_by_row(df: pd.DataFrame) -> list[tuple]:
+    """The ``(experiment, method, setting, seed)`` key of each row of a results frame, in order."""
+    return [(e, m, s, int(seed)) for e, m, s, seed in df[KEY].itertuples(index=False)]
 
 
 def finished_keys(csv: Path) -> set[tuple]:
-    return row_keys(pd.read_csv(csv, usecols=KEY)) if csv.exists() else set()
+    return set(keys_by_row(pd.read_csv(csv, usecols=KEY))) if csv.exists() else set()
 
 
 def merge_rows(csv: Path, sources: list[Path]) -> int:
@@ -303,33 +303,33 @@ def merge_rows(csv: Path, sources: list[Path]) -> int:
     For a grid split across processes or machines, each writing its own ``--out`` folder:
     a key already present is kept as it is, never overwritten.
     """
-    frames = [pd.read_csv(csv)] if csv.exists() else []
-    known = row_keys(frames[0]) if frames else set()
-    added = 0
+    known = finished_keys(csv)
+    fresh = []
     for source in sources:
         rows = pd.read_csv(source)
         experiments = set(rows["experiment"])
         if experiments != {csv.stem}:
             raise ValueError(f"{source} holds {sorted(experiments)} rows, not {csv.stem!r} ones")
-        keys = [(e, m, s, int(seed)) for e, m, s, seed in rows[KEY].itertuples(index=False)]
-        new = rows[[key not in known for key in keys]]
+        keys = keys_by_row(rows)
+        fresh.append(rows[[key not in known for key in keys]])
         known |= set(keys)
-        frames.append(new)
-        added += len(new)
-    tmp = csv.with_suffix(".tmp")
-    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    tmp.replace(csv)
-    return added
+    added = pd.concat(fresh, ignore_index=True)
+    append_rows(csv, added)
+    return len(added)
 
 
 def append_row(csv: Path, row: dict[str, Any]) -> None:
-    """Append one row, widening the CSV's columns if this row brings new ones."""
+    append_rows(csv, pd.DataFrame([row]))
+
+
+def append_rows(csv: Path, rows: pd.DataFrame) -> None:
+    """Append ``rows``, widening the CSV's columns if they bring new ones. Written to a
+    temporary file first, so a process killed mid-write never leaves half a CSV."""
     csv.parent.mkdir(parents=True, exist_ok=True)
-    new = pd.DataFrame([row])
     if csv.exists():
-        new = pd.concat([pd.read_csv(csv), new], ignore_index=True)
+        rows = pd.concat([pd.read_csv(csv), rows], ignore_index=True)
     tmp = csv.with_suffix(".tmp")
-    new.to_csv(tmp, index=False)
+    rows.to_csv(tmp, index=False)
     tmp.replace(csv)
 
 
@@ -357,7 +357,7 @@ def grid_status(seeds: list[int], out_dir: Path) -> str:
     for experiment in EXPERIMENTS:
         runs = grid_runs(experiment, seeds, smoke=False)
         df = load_results(experiment, out_dir)
-        done = 0 if df is None else len(row_keys(df) & {run.key for run in runs})
+        done = 0 if df is None else len(set(keys_by_row(df)) & {run.key for run in runs})
         if not done:
             lines.append(f"| {experiment} | 0 of {len(runs)} | – | – |")
             continue
@@ -530,11 +530,23 @@ def plot_paired_differences(df: pd.DataFrame, metric: str, reference: str, by: s
     return ax
 
 
+def plot_ablation(df: pd.DataFrame) -> Any:
+    """Figure: each ablation's paired difference to the default SAR, overall and few-shot."""
+    import matplotlib.pyplot as plt  # matplotlib only when plotting
+
+    factor = df["imbalance_factor"].iloc[0]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
+                             sharey=True)
+    for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
+        plot_paired_differences(df, metric, "default", "setting", ax=ax,
+                                title=f"Δ {metric} vs default SAR (same seed), IF {factor:g}")
+    fig.tight_layout()
+    return fig
+
+
 def render(experiment: str, out_dir: Path) -> Path:
     """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
-    import matplotlib.pyplot as plt  # matplotlib only when rendering
-
-    from . import plots
+    from . import plots  # matplotlib only when rendering
 
     df = load_results(experiment, out_dir)
     if df is None:
@@ -570,12 +582,7 @@ def render(experiment: str, out_dir: Path) -> Path:
         tables += ["\n**Paired difference to the default SAR** (percentage points, mean ± std "
                    "over seeds of the per-seed difference)\n",
                    paired_gap_table(df, "setting", "default", ["accuracy", "few_accuracy"])]
-        fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
-                                 sharey=True)
-        for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
-            plot_paired_differences(df, metric, "default", "setting", ax=ax,
-                                    title=f"Δ {metric} vs default SAR, IF {factor:g}")
-        _save(fig, figures / "ablation.png")
+        _save(plot_ablation(df), figures / "ablation.png")
     elif experiment == "segmentation":
         for metric in ("mIoU", "pixel_accuracy"):
             tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
@@ -660,8 +667,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("only merge takes CSV paths, and it needs at least one,"
                      " e.g. merge segmentation elsewhere/segmentation.csv")
     if args.action == "merge":
-        added = merge_rows(out / f"{args.experiment}.csv", args.sources)
-        print(f"added {added} rows to {out / f'{args.experiment}.csv'}")
+        csv = out / f"{args.experiment}.csv"
+        print(f"added {merge_rows(csv, args.sources)} rows to {csv}")
         return
     if args.action == "render":
         summary = render(args.experiment, out).read_text()
