@@ -540,12 +540,14 @@ def make_long_tailed(
 
 
 def shot_groups(
-    counts: Sequence[int],
-    many_threshold: int | None = None,
-    few_threshold: int | None = None,
+    counts: Sequence[float],
+    many_threshold: float | None = None,
+    few_threshold: float | None = None,
     class_order: Sequence[int] | None = None,
 ) -> dict[str, list[int]]:
     """Split class ids into "many", "medium" and "few" shot groups (each list ascending).
+
+    ``counts[c]`` is class ``c``'s training frequency: a sample count, or a probability.
 
     With thresholds (CIFAR-LT/ImageNet-LT use 100 and 20): many = ``count > many_threshold``,
     few = ``count < few_threshold``, medium otherwise. Without (both None): sort classes by
@@ -554,7 +556,7 @@ def shot_groups(
     ``LongTail.class_order``), else by class id; so a balanced set (imbalance factor 1) gets
     the same groups as its long-tailed versions. Giving only one threshold is an error.
     """
-    counts = [int(n) for n in counts]
+    counts = [float(n) for n in counts]
     if (many_threshold is None) != (few_threshold is None):
         raise ValueError("give both many_threshold and few_threshold, or neither")
     if many_threshold is not None and few_threshold is not None:
@@ -761,6 +763,30 @@ def _background(gen: torch.Generator, n: int, channels: int, size: int) -> Tenso
     return F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def scene_class_probs(
+    imbalance_factor: float = 10.0,
+    profile: str = "exp",
+    seed: int = 0,
+    class_order: Sequence[int] | None = None,
+) -> tuple[list[int], Tensor]:
+    """Which Fashion-MNIST classes :func:`make_fashion_scenes` makes head and tail, and how often.
+
+    Returns ``class_order`` (class ids, head first; drawn from ``seed`` unless given) and
+    ``probs``, float64 ``(10,)``: the probability that an item is of class id ``c``. Knowing
+    these without building scenes lets results be split into head and tail classes afterwards.
+    """
+    num_classes = len(FASHION_MNIST_CLASSES)
+    if class_order is None:
+        class_order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+    class_order = [int(c) for c in class_order]
+    if sorted(class_order) != list(range(num_classes)):
+        raise ValueError(f"class_order must be a permutation of 0..{num_classes - 1}")
+    weights = long_tail_weights(num_classes, imbalance_factor, profile)
+    probs = torch.zeros(num_classes, dtype=torch.float64)
+    probs[class_order] = torch.tensor(weights, dtype=torch.float64)
+    return class_order, probs / probs.sum()
+
+
 def make_fashion_scenes(
     num_scenes: int,
     size: int = 64,
@@ -809,13 +835,7 @@ def make_fashion_scenes(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     num_classes = len(FASHION_MNIST_CLASSES)
     labels = torch.as_tensor(labels).long()
-    if class_order is None:
-        class_order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
-    class_order = [int(c) for c in class_order]
-    weights = long_tail_weights(num_classes, imbalance_factor, profile)
-    probs = torch.zeros(num_classes, dtype=torch.float64)
-    probs[class_order] = torch.tensor(weights, dtype=torch.float64)
-    probs /= probs.sum()
+    class_order, probs = scene_class_probs(imbalance_factor, profile, seed, class_order)
     sizes = torch.bincount(labels, minlength=num_classes)[:num_classes]
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes or sizes.min() == 0:
         raise ValueError("source labels must be 0..9, each class with at least one image")

@@ -106,6 +106,7 @@ class SegmentationSetup:
     train_scenes: int = 1200
     val_scenes: int = 300
     imbalance_factor: float = 20.0
+    scene_seed: int = 0  # fixes which classes are head and tail, for every training seed
     archs: tuple[str, ...] = ("Unet", "FPN", "DeepLabV3Plus")
 
 
@@ -242,7 +243,8 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                      cache: dict[str, Any]) -> dict[str, Any]:
     if "scenes" not in cache:
-        common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor, "seed": 0}
+        common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor,
+                  "seed": setup.scene_seed}
         cache["scenes"] = (
             sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
             sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common),
@@ -264,6 +266,21 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
     row["gate_opened_step"] = gate_opened_step(history)
     return row
+
+
+def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:
+    """Fashion-MNIST class ids the scenes of ``setup`` make frequent ("many", 3 classes),
+    medium (4) or rare ("few", 3). Every training seed shares one scene set, hence one grouping."""
+    order, probs = sar_data.scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
+    return sar_data.shot_groups(probs.tolist(), class_order=order)
+
+
+def add_shot_group_iou(df: pd.DataFrame, setup: SegmentationSetup) -> pd.DataFrame:
+    """``df`` with columns ``many_iou``, ``medium_iou`` and ``few_iou``: the mean IoU over the
+    classes of each of :func:`scene_shot_groups` (background belongs to none)."""
+    # mask id k + 1 is Fashion-MNIST class k (0 is background)
+    return df.assign(**{f"{name}_iou": df[[f"iou_class_{c + 1}" for c in ids]].mean(axis=1)
+                        for name, ids in scene_shot_groups(setup).items()})
 
 
 # ------------------------------------------------------------------------------ bookkeeping
@@ -420,8 +437,8 @@ def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
     """A ``rows x columns`` table of ``mean ± std`` of ``metric``, the best of each column bold.
 
     Rows and columns keep their order of first appearance in ``df``. A cell averaged over fewer
-    seeds than the fullest cell says how many (``n=2``); a column with a single filled cell has
-    no winner to bold; a cell not run yet shows "–".
+    seeds than the fullest cell says how many (``n=2``); a column with a single filled cell, or
+    one where all cells tie, has no winner to bold; a cell not run yet shows "–".
     """
     stats = summarise(df, [metric], [rows, columns])
     pivot = {key: stats.pivot(index=rows, columns=columns, values=value)
@@ -429,7 +446,7 @@ def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
     order, column_order = list(dict.fromkeys(df[rows])), list(dict.fromkeys(df[columns]))
     mean, std, n = (pivot[key].loc[order, column_order] for key in ("mean", "std", "n"))
     best = mean.max() if higher_is_better else mean.min()
-    contested = mean.notna().sum() > 1
+    contested = (mean.notna().sum() > 1) & (mean.max() > mean.min())  # someone must lead
     full = n.max().max()
     lines = [f"| {rows} | " + " | ".join(str(c) for c in mean.columns) + " |",
              "|---" * (len(mean.columns) + 1) + "|"]
@@ -590,6 +607,13 @@ def render(experiment: str, out_dir: Path) -> Path:
         tables += ["\n**Paired gain over CE, mIoU** (percentage points, mean ± std over seeds of"
                    " the per-seed difference)\n",
                    paired_gap_table(df, "method", "ce", ["mIoU"], columns="setting")]
+        setup = SegmentationSetup()  # the committed rows' scenes
+        df = add_shot_group_iou(df, setup)
+        for group, ids in scene_shot_groups(setup).items():
+            names = ", ".join(sar_data.FASHION_MNIST_CLASSES[c] for c in ids)
+            tables += [f"\n**IoU of the {group}-shot classes** ({names}; %, mean over these"
+                       " classes, then mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", f"{group}_iou")]
         ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
                              title="Long-tailed scenes: mIoU by architecture")
         _save(ax.figure, figures / "segmentation_miou.png")

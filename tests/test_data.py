@@ -325,6 +325,20 @@ def test_scene_class_frequency_follows_long_tail() -> None:
     assert freq[head] > 5 * freq[tail]
 
 
+
+def test_scene_class_probs_are_those_the_scenes_draw_from() -> None:
+    images, labels = fake_sources(per_class=1)
+    ds = D.make_fashion_scenes(4, size=32, images=images, labels=labels, imbalance_factor=20,
+                               seed=3)
+    order, probs = D.scene_class_probs(20, seed=3)
+    assert order == ds.class_order and probs.tolist() == ds.class_probs
+    assert probs.sum().item() == pytest.approx(1.0)
+    assert (probs[order].diff() < 0).all()  # strictly rarer from head to tail
+    groups = D.shot_groups(probs.tolist(), class_order=order)
+    assert groups["few"] == sorted(order[-3:]) and groups["many"] == sorted(order[:3])
+    with pytest.raises(ValueError, match="permutation"):
+        D.scene_class_probs(20, class_order=[0] * 10)
+
 @needs_fashion
 def test_train_and_val_scenes_use_disjoint_splits() -> None:
     train = D.make_fashion_scenes(6, split="train", seed=0)

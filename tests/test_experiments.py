@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from sar.data import scene_class_probs
 from sar.experiments import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     SMOKE_CLASSIFICATION,
+    SegmentationSetup,
+    add_shot_group_iou,
     build_classification_method,
     longtail_grid,
     main,
@@ -82,6 +85,8 @@ def test_markdown_table_flags_cells_with_fewer_seeds_and_bolds_no_lone_cell():
     table = markdown_table(df, "method", "setting", "acc")
     assert "| a | 60.00 ± 14.14 | 40.00 (n=1) |" in table
     assert "| b | **80.00** (n=1) | – |" in table
+    tied = df.assign(acc=0.0)  # e.g. a class no method ever segments: nobody wins
+    assert "**" not in markdown_table(tied, "method", "setting", "acc")
 
 
 def test_grid_runs_seed_by_seed_so_a_partial_grid_is_paired():
@@ -153,7 +158,19 @@ def test_ablation_and_segmentation_smoke_grids(tmp_path):
     main(["render", "segmentation", "--out", str(tmp_path)])
     paired = (tmp_path / "segmentation.md").read_text().split("Paired gain over CE, mIoU")[1]
     assert re.search(r"\| sar \| [+-]\d+\.\d\d \(n=1\) \|", paired), paired
+    assert "IoU of the few-shot classes" in paired
     assert (tmp_path / "figures" / "segmentation_miou.png").exists()
+
+
+def test_shot_group_iou_averages_the_scene_classes_of_each_group():
+    setup = SegmentationSetup()
+    order, _ = scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
+    row = {f"iou_class_{k}": float(k) for k in range(11)}  # IoU of mask id k is k
+    df = add_shot_group_iou(pd.DataFrame([row]), setup)
+    # mask id = class id + 1; background (mask id 0) belongs to no group
+    assert df["few_iou"].item() == pytest.approx(sum(c + 1 for c in order[-3:]) / 3)
+    assert df["many_iou"].item() == pytest.approx(sum(c + 1 for c in order[:3]) / 3)
+    assert df["medium_iou"].item() == pytest.approx(sum(c + 1 for c in order[3:7]) / 4)
 
 
 def test_settings_restrict_the_grid_and_unknown_ones_are_named(tmp_path):
