@@ -275,12 +275,12 @@ def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:
     return sar_data.shot_groups(probs.tolist(), class_order=order)
 
 
-def add_shot_group_iou(df: pd.DataFrame, setup: SegmentationSetup) -> pd.DataFrame:
-    """``df`` with columns ``many_iou``, ``medium_iou`` and ``few_iou``: the mean IoU over the
-    classes of each of :func:`scene_shot_groups` (background belongs to none)."""
+def add_shot_group_iou(df: pd.DataFrame, groups: dict[str, list[int]]) -> pd.DataFrame:
+    """``df`` with a column ``{group}_iou`` per group of Fashion-MNIST class ids (e.g.
+    :func:`scene_shot_groups`): the mean IoU over the group's classes (background is in none)."""
     # mask id k + 1 is Fashion-MNIST class k (0 is background)
     return df.assign(**{f"{name}_iou": df[[f"iou_class_{c + 1}" for c in ids]].mean(axis=1)
-                        for name, ids in scene_shot_groups(setup).items()})
+                        for name, ids in groups.items()})
 
 
 # ------------------------------------------------------------------------------ bookkeeping
@@ -561,6 +561,30 @@ def plot_ablation(df: pd.DataFrame) -> Any:
     return fig
 
 
+def plot_segmentation_shot_groups(df: pd.DataFrame) -> Any:
+    """Figure: one panel per architecture, mIoU and the IoU of each shot group, one bar per
+    method (mean ± std over seeds). ``df`` needs the columns of :func:`add_shot_group_iou`."""
+    import matplotlib.pyplot as plt  # matplotlib only when plotting
+
+    from . import plots
+
+    groups = ["mIoU", *(c for c in df.columns if c.endswith("_iou"))]
+    long = df.melt(id_vars=["method", "setting", "seed"], value_vars=groups, var_name="group",
+                   value_name="IoU")
+    archs = list(dict.fromkeys(df["setting"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4.2), sharey=True,
+                             squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        plots.plot_bars(long[long["setting"] == arch], "group", "IoU", hue="method", ax=ax,
+                        ylabel="validation IoU (fraction)", title=f"{arch}: IoU by shot group")
+        ax.get_legend().remove()  # one legend for all panels, beside the last
+    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="upper left",
+               bbox_to_anchor=(1.0, 0.95), frameon=False,
+               title=f"method (mean ± std over {df['seed'].nunique()} seeds)")
+    fig.tight_layout()
+    return fig
+
+
 def render(experiment: str, out_dir: Path) -> Path:
     """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
     from . import plots  # matplotlib only when rendering
@@ -607,9 +631,9 @@ def render(experiment: str, out_dir: Path) -> Path:
         tables += ["\n**Paired gain over CE, mIoU** (percentage points, mean ± std over seeds of"
                    " the per-seed difference)\n",
                    paired_gap_table(df, "method", "ce", ["mIoU"], columns="setting")]
-        setup = SegmentationSetup()  # the committed rows' scenes
-        df = add_shot_group_iou(df, setup)
-        for group, ids in scene_shot_groups(setup).items():
+        groups = scene_shot_groups(SegmentationSetup())  # the committed rows' scenes
+        df = add_shot_group_iou(df, groups)
+        for group, ids in groups.items():
             names = ", ".join(sar_data.FASHION_MNIST_CLASSES[c] for c in ids)
             tables += [f"\n**IoU of the {group}-shot classes** ({names}; %, mean over these"
                        " classes, then mean ± std over seeds)\n",
@@ -617,6 +641,7 @@ def render(experiment: str, out_dir: Path) -> Path:
         ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
                              title="Long-tailed scenes: mIoU by architecture")
         _save(ax.figure, figures / "segmentation_miou.png")
+        _save(plot_segmentation_shot_groups(df), figures / "segmentation_shot_groups.png")
     else:
         columns = {"case": "case", "device": "device", "plain_ms": "plain ms/step",
                    "sar_ms": "SAR ms/step", "train_ratio": "train SAR/plain",

@@ -325,7 +325,6 @@ def test_scene_class_frequency_follows_long_tail() -> None:
     assert freq[head] > 5 * freq[tail]
 
 
-
 def test_scene_class_probs_are_those_the_scenes_draw_from() -> None:
     images, labels = fake_sources(per_class=1)
     ds = D.make_fashion_scenes(4, size=32, images=images, labels=labels, imbalance_factor=20,
@@ -338,6 +337,7 @@ def test_scene_class_probs_are_those_the_scenes_draw_from() -> None:
     assert groups["few"] == sorted(order[-3:]) and groups["many"] == sorted(order[:3])
     with pytest.raises(ValueError, match="permutation"):
         D.scene_class_probs(20, class_order=[0] * 10)
+
 
 @needs_fashion
 def test_train_and_val_scenes_use_disjoint_splits() -> None:

@@ -22,6 +22,7 @@ from sar.experiments import (
     paired_gap,
     paired_gap_table,
     results_or_reduced_grid,
+    scene_shot_groups,
 )
 
 
@@ -160,13 +161,14 @@ def test_ablation_and_segmentation_smoke_grids(tmp_path):
     assert re.search(r"\| sar \| [+-]\d+\.\d\d \(n=1\) \|", paired), paired
     assert "IoU of the few-shot classes" in paired
     assert (tmp_path / "figures" / "segmentation_miou.png").exists()
+    assert (tmp_path / "figures" / "segmentation_shot_groups.png").exists()
 
 
 def test_shot_group_iou_averages_the_scene_classes_of_each_group():
     setup = SegmentationSetup()
     order, _ = scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
     row = {f"iou_class_{k}": float(k) for k in range(11)}  # IoU of mask id k is k
-    df = add_shot_group_iou(pd.DataFrame([row]), setup)
+    df = add_shot_group_iou(pd.DataFrame([row]), scene_shot_groups(setup))
     # mask id = class id + 1; background (mask id 0) belongs to no group
     assert df["few_iou"].item() == pytest.approx(sum(c + 1 for c in order[-3:]) / 3)
     assert df["many_iou"].item() == pytest.approx(sum(c + 1 for c in order[:3]) / 3)
