@@ -2,8 +2,15 @@
 
 The core is :class:`SemanticAnchorRegularizer`; :mod:`sar.models` wraps smp segmentation
 models and image classifiers with it, :mod:`sar.baselines` holds the methods it is compared
-with, and :mod:`sar.anchors` makes and inspects pre-defined anchors.
+with, and :mod:`sar.anchors` makes and inspects pre-defined anchors. :mod:`sar.methods` builds
+any of them by name.
+
+The heavier parts load on first use, so ``import sar`` stays quick: ``sar.train`` (fit,
+evaluate, the run command), ``sar.data``, ``sar.metrics``, ``sar.plots`` (matplotlib),
+``sar.experiments``, ``sar.distributed`` and ``sar.benchmark``.
 """
+
+import importlib
 
 from . import anchors, baselines, config, models
 from .anchors import anchor_geometry, make_anchors
@@ -26,6 +33,20 @@ from .models import (
 from .regularizer import SemanticAnchorRegularizer
 
 __version__ = "0.1.0"
+
+_LAZY_MODULES = ("benchmark", "data", "distributed", "experiments", "methods", "metrics",
+                 "plots", "train")
+
+
+def __getattr__(name: str):
+    # PEP 562: import a submodule the first time ``sar.<name>`` is looked up
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sar' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_MODULES])
 
 __all__ = [
     "SMOKE",

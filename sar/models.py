@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-import torchvision
 from torch import nn
 
 from .regularizer import SemanticAnchorRegularizer
@@ -200,6 +199,8 @@ def build_classifier(
     if name == "small_cnn":
         return SmallCNN(num_classes, in_channels, **kwargs)
     if name.startswith("resnet"):
+        import torchvision  # about a second to import: only when a ResNet is asked for
+
         net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kwargs)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)

@@ -23,8 +23,8 @@ needs_fashion = pytest.mark.skipif(
 def no_fashion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point every Fashion-MNIST search location at empty folders."""
     monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(D, "REPO_DATA_DIR", tmp_path / "repo-data")
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(D.sources, "REPO_DATA_DIR", tmp_path / "repo-data")
+    monkeypatch.setattr(D.sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     return tmp_path
 
 
@@ -257,7 +257,7 @@ def test_random_shift_pads_with_fill() -> None:
     x = torch.arange(16.0).view(1, 4, 4)
     torch.manual_seed(1)
     for _ in range(10):
-        out = D._random_shift(x, 2, torch.full((1, 1, 1), -1.0))
+        out = D.classification._random_shift(x, 2, torch.full((1, 1, 1), -1.0))
         kept = out[out != -1.0]
         assert set(kept.tolist()) <= set(x.flatten().tolist())
 

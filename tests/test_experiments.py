@@ -13,12 +13,13 @@ from sar.experiments import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     SMOKE_CLASSIFICATION,
+    Run,
     SegmentationSetup,
     add_shot_group_iou,
-    build_classification_method,
     longtail_grid,
     main,
     markdown_table,
+    method_name,
     paired_gap,
     paired_gap_table,
     results_or_reduced_grid,
@@ -118,15 +119,12 @@ def test_paired_gap_table_against_a_reference_setting():
     assert "| sar | +10.00 (n=1) | +20.00 (n=1) |" in table
 
 
-def test_logit_adjusted_loss_combines_with_any_method():
-    counts = [100, 10, 1]
-    _, plain = build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts)
-    model, criterion = build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts,
-                                                   loss="logit_adjusted")
-    assert plain is None and type(criterion).__name__ == "LogitAdjustedCrossEntropy"
-    assert type(model.regularizer).__name__ == "SemanticAnchorRegularizer"
+def test_ablation_loss_option_picks_the_logit_adjusted_method():
+    run = Run("ablation", "sar", "with logit-adjusted CE", 0, {"loss": "logit_adjusted"})
+    assert method_name(run) == "sar_logit_adjusted"
+    assert method_name(Run("longtail", "center", "if=10", 0, {})) == "center"
     with pytest.raises(ValueError, match="unknown loss"):
-        build_classification_method("sar", 3, 1, SMOKE_CLASSIFICATION, counts, loss="focal")
+        method_name(Run("ablation", "sar", "x", 0, {"loss": "focal"}))
 
 
 def test_status_counts_only_cells_of_the_current_grid(tmp_path, capsys):

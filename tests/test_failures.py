@@ -205,8 +205,8 @@ def test_transform_given_an_image_and_mask_of_different_sizes() -> None:
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(sar_data.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(sar_data, "REPO_DATA_DIR", tmp_path / "repo-data")
-    monkeypatch.setattr(sar_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(sar_data.sources, "REPO_DATA_DIR", tmp_path / "repo-data")
+    monkeypatch.setattr(sar_data.sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     with pytest.raises(FileNotFoundError, match=r"(?s)Fashion-MNIST \(train split.*was not"
                        r" found.*sudo apt-get install dataset-fashion-mnist.*download=True"):
         main(["--config", str(CONFIG), "--output-dir", str(tmp_path / "run")])

@@ -1,0 +1,80 @@
+"""Data for the experiments: classification sets, long-tailed subsets and segmentation sets.
+
+Four groups of helpers live here.
+
+* **Classification sources.** :func:`load_fashion_mnist` finds the real Fashion-MNIST IDX
+  files on disk (or downloads them when asked), :func:`load_digits` gives scikit-learn's
+  bundled 8x8 digits as an always-available stand-in, :func:`load_cifar` wraps torchvision's
+  CIFAR-10/100, and :func:`load_classification_data` picks one and says which it picked.
+  All return ``(images uint8, labels int64)``.
+* **Long tails.** :func:`long_tail_counts` gives per-class counts for the exponential or step
+  profile (Cui et al. 2019; Cao et al. 2019), :func:`make_long_tailed` subsamples a balanced
+  training set to that profile and :func:`shot_groups` splits classes into many/medium/few.
+  Only the training split is made long-tailed: evaluate on the untouched, balanced test split.
+* **Training datasets.** :class:`ClassificationDataset` normalises once and augments with
+  torch ops; :class:`SceneDataset` from :func:`make_fashion_scenes` is a small, long-tailed
+  semantic-segmentation benchmark built from real Fashion-MNIST items with pixel-exact masks.
+* **Real segmentation sets on disk.** :class:`SegmentationFolder` (ADE20K-style folders),
+  :func:`pascal_voc` and the joint :class:`SegmentationTransform`; 255 stays the ignore label.
+"""
+
+from .classification import ClassificationDataset
+from .constants import (
+    CIFAR10_CLASSES,
+    DIGITS_CLASSES,
+    FASHION_MNIST_CLASSES,
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SCENE_CLASSES,
+)
+from .idx import read_idx, write_idx
+from .longtail import LongTail, long_tail_counts, long_tail_weights, make_long_tailed, shot_groups
+from .scenes import SceneDataset, SceneItem, item_alpha, make_fashion_scenes, scene_class_probs
+from .segmentation import SegmentationFolder, SegmentationTransform, pascal_voc
+from .sources import (
+    DATA_DIR_ENV,
+    DEBIAN_FASHION_MNIST_DIR,
+    REPO_DATA_DIR,
+    fashion_mnist_search_dirs,
+    find_fashion_mnist,
+    load_cifar,
+    load_classification_data,
+    load_digits,
+    load_fashion_mnist,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "ClassificationDataset",
+    "DATA_DIR_ENV",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "DIGITS_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LongTail",
+    "REPO_DATA_DIR",
+    "SCENE_CLASSES",
+    "SceneDataset",
+    "SceneItem",
+    "SegmentationFolder",
+    "SegmentationTransform",
+    "fashion_mnist_search_dirs",
+    "find_fashion_mnist",
+    "item_alpha",
+    "load_cifar",
+    "load_classification_data",
+    "load_digits",
+    "load_fashion_mnist",
+    "long_tail_counts",
+    "long_tail_weights",
+    "make_fashion_scenes",
+    "make_long_tailed",
+    "pascal_voc",
+    "read_idx",
+    "scene_class_probs",
+    "shot_groups",
+    "write_idx",
+]

@@ -1,0 +1,5 @@
+"""``python -m sar.experiments NAME``: run, merge or render one experiment grid."""
+
+from .cli import main
+
+main()

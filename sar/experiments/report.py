@@ -1,0 +1,247 @@
+"""From result rows to the README: mean and spread tables, paired differences, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import data as sar_data
+from .grids import SegmentationSetup
+from .runs import add_shot_group_iou, scene_shot_groups
+from .store import load_results
+
+
+# ---------------------------------------------------------------------------- summaries
+def summarise(df: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of ``metrics`` for each group ``by``; adds the seed count."""
+    grouped = df.groupby(by, sort=False)[metrics]
+    table = pd.concat([grouped.mean(), grouped.std(ddof=1).add_suffix("_std")], axis=1)
+    table["seeds"] = df.groupby(by, sort=False)["seed"].nunique()
+    return table.reset_index()
+
+
+def markdown_table(df: pd.DataFrame, rows: str, columns: str, metric: str,
+                   scale: float = 100.0, higher_is_better: bool = True) -> str:
+    """A ``rows x columns`` table of ``mean ± std`` of ``metric``, the best of each column bold.
+
+    Rows and columns keep their order of first appearance in ``df``. A cell averaged over fewer
+    seeds than the fullest cell says how many (``n=2``); a column with a single filled cell, or
+    one where all cells tie, has no winner to bold; a cell not run yet shows "–".
+    """
+    stats = summarise(df, [metric], [rows, columns])
+    pivot = {key: stats.pivot(index=rows, columns=columns, values=value)
+             for key, value in (("mean", metric), ("std", f"{metric}_std"), ("n", "seeds"))}
+    order, column_order = list(dict.fromkeys(df[rows])), list(dict.fromkeys(df[columns]))
+    mean, std, n = (pivot[key].loc[order, column_order] for key in ("mean", "std", "n"))
+    best = mean.max() if higher_is_better else mean.min()
+    contested = (mean.notna().sum() > 1) & (mean.max() > mean.min())  # someone must lead
+    full = n.max().max()
+    lines = [f"| {rows} | " + " | ".join(str(c) for c in mean.columns) + " |",
+             "|---" * (len(mean.columns) + 1) + "|"]
+    for name in mean.index:
+        cells = []
+        for col in mean.columns:
+            m, s = mean.loc[name, col] * scale, std.loc[name, col] * scale
+            if pd.isna(m):  # a cell of the grid not run yet
+                cells.append("–")
+                continue
+            text = f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}"
+            if contested[col] and mean.loc[name, col] == best[col]:
+                text = f"**{text}**"
+            if n.loc[name, col] < full:
+                text += f" (n={int(n.loc[name, col])})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(df: pd.DataFrame, metric: str, reference: str,
+                       by: str = "method") -> pd.DataFrame:
+    """Per-seed ``metric`` of every level of ``by`` minus that of ``reference`` on the same seed.
+
+    Returns columns ``[by, "seed", metric]``, one row per (level, seed) both ran. Pairing by
+    seed cancels the data order and initialisation noise the two runs share.
+    """
+    ref = df[df[by] == reference].set_index("seed")[metric]
+    parts = [pd.DataFrame({by: level, "seed": diff.index, metric: diff.to_numpy()})
+             for level, group in df[df[by] != reference].groupby(by, sort=False)
+             if len(diff := (group.set_index("seed")[metric] - ref).dropna())]
+    return (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame({by: [], "seed": [], metric: []}))
+
+
+def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
+               by: str = "method") -> tuple[float, float, int]:
+    """Mean and std (ddof=1; NaN for one seed) over seeds of ``metric`` where ``by == a`` minus
+    where ``by == b``, and the number of seeds both ran."""
+    paired = paired_differences(df[df[by].isin([a, b])], metric, b, by)[metric]
+    return float(paired.mean()), float(paired.std(ddof=1)), len(paired)
+
+
+def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
+                     columns: str | None = None, scale: float = 100.0) -> str:
+    """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric,
+    computed separately within each level of ``columns`` when given (e.g. per setting)."""
+    groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
+    header = [f"Δ {m}" if level is None else (str(level) if len(metrics) == 1
+                                              else f"{level} Δ {m}")
+              for level, _ in groups for m in metrics]
+    lines = [f"| {by} | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for row in dict.fromkeys(df[by]):
+        if row == reference:
+            continue
+        cells = []
+        for _, part in groups:
+            for metric in metrics:
+                mean, std, n = paired_gap(part, metric, row, reference, by)
+                spread = f" ± {std * scale:.2f}" if n > 1 else ""
+                cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_paired_differences(df: pd.DataFrame, metric: str, reference: str, by: str,
+                            ax: Any = None, title: str | None = None) -> Any:
+    """Horizontal bars of each level's paired difference to ``reference`` (percentage points),
+    mean ± std over seeds, with the zero line: which changes matter beyond seed noise."""
+    from .. import plots
+
+    diffs = paired_differences(df, metric, reference, by)
+    ax = plots.plot_bars(diffs.assign(**{metric: diffs[metric] * 100}), by, metric, ax=ax,
+                         horizontal=True, ylabel=f"percentage points vs {reference}",
+                         title=title or f"Δ {metric} vs {reference} (paired by seed)")
+    ax.axvline(0, color="0.3", linewidth=1)
+    return ax
+
+
+def plot_ablation(df: pd.DataFrame) -> Any:
+    """Figure: each ablation's paired difference to the default SAR, overall and few-shot."""
+    import matplotlib.pyplot as plt  # matplotlib only when plotting
+
+    factor = df["imbalance_factor"].iloc[0]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
+                             sharey=True)
+    for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
+        plot_paired_differences(df, metric, "default", "setting", ax=ax,
+                                title=f"Δ {metric} vs default SAR (same seed), IF {factor:g}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_segmentation_shot_groups(df: pd.DataFrame) -> Any:
+    """Figure: one panel per architecture, mIoU and the IoU of each shot group, one bar per
+    method (mean ± std over seeds). ``df`` needs the columns of :func:`add_shot_group_iou`."""
+    import matplotlib.pyplot as plt  # matplotlib only when plotting
+
+    from .. import plots
+
+    groups = ["mIoU", *(c for c in df.columns if c.endswith("_iou"))]
+    long = df.melt(id_vars=["method", "setting", "seed"], value_vars=groups, var_name="group",
+                   value_name="IoU")
+    archs = list(dict.fromkeys(df["setting"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4.2), sharey=True,
+                             squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        plots.plot_bars(long[long["setting"] == arch], "group", "IoU", hue="method", ax=ax,
+                        ylabel="validation IoU (fraction)", title=f"{arch}: IoU by shot group")
+        ax.get_legend().remove()  # one legend for all panels, beside the last
+    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="upper left",
+               bbox_to_anchor=(1.0, 0.95), frameon=False,
+               title=f"method (mean ± std over {df['seed'].nunique()} seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def render(experiment: str, out_dir: Path) -> Path:
+    """Figures (PNG) and a markdown summary of ``experiment``'s CSV, written beside it."""
+    from .. import plots  # matplotlib only when rendering
+
+    df = load_results(experiment, out_dir)
+    if df is None:
+        raise FileNotFoundError(f"no {experiment}.csv in {out_dir}: run the experiment first")
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plots.use_style()
+    tables = [f"<!-- generated by `python -m sar.experiments render {experiment}` -->"]
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    machines = ", ".join(sorted(df["hardware"].unique()))
+    tables.append(f"Hardware: {machines}." if experiment == "overhead"
+                  else f"Seeds {seeds}; hardware: {machines}.")
+    if experiment == "longtail":
+        df = df.sort_values("imbalance_factor", kind="stable")
+        for metric in ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy"):
+            tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", metric)]
+            ax = plots.plot_sweep(df, "imbalance_factor", metric, "method", logx=True,
+                                  ylabel=f"{metric} (fraction)", xlabel="imbalance factor")
+            _save(ax.figure, figures / f"longtail_{metric}.png")
+        for metric in ("accuracy", "few_accuracy"):
+            tables += [f"\n**Paired gain over CE, {metric}** (percentage points, mean ± std over"
+                       " seeds of the per-seed difference)\n",
+                       paired_gap_table(df, "method", "ce", [metric], columns="setting")]
+        for metric in ("nc1", "ratio"):
+            tables += [f"\n**{metric}** (lower is more collapsed; mean ± std)\n",
+                       markdown_table(df, "method", "setting", metric, 1.0, False)]
+    elif experiment == "ablation":
+        factor = df["imbalance_factor"].iloc[0]
+        for metric in ("accuracy", "few_accuracy"):
+            tables += [f"\n**{metric}** (%, imbalance factor {factor:g}, mean ± std over seeds)\n",
+                       markdown_table(df, "setting", "method", metric)]
+        tables += ["\n**Paired difference to the default SAR** (percentage points, mean ± std "
+                   "over seeds of the per-seed difference)\n",
+                   paired_gap_table(df, "setting", "default", ["accuracy", "few_accuracy"])]
+        _save(plot_ablation(df), figures / "ablation.png")
+    elif experiment == "segmentation":
+        for metric in ("mIoU", "pixel_accuracy"):
+            tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", metric)]
+        tables += ["\n**Paired gain over CE, mIoU** (percentage points, mean ± std over seeds of"
+                   " the per-seed difference)\n",
+                   paired_gap_table(df, "method", "ce", ["mIoU"], columns="setting")]
+        groups = scene_shot_groups(SegmentationSetup())  # the committed rows' scenes
+        df = add_shot_group_iou(df, groups)
+        for group, ids in groups.items():
+            names = ", ".join(sar_data.FASHION_MNIST_CLASSES[c] for c in ids)
+            tables += [f"\n**IoU of the {group}-shot classes** ({names}; %, mean over these"
+                       " classes, then mean ± std over seeds)\n",
+                       markdown_table(df, "method", "setting", f"{group}_iou")]
+        ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
+                             title="Long-tailed scenes: mIoU by architecture")
+        _save(ax.figure, figures / "segmentation_miou.png")
+        _save(plot_segmentation_shot_groups(df), figures / "segmentation_shot_groups.png")
+    else:
+        columns = {"case": "case", "device": "device", "plain_ms": "plain ms/step",
+                   "sar_ms": "SAR ms/step", "train_ratio": "train SAR/plain",
+                   "infer_ratio": "inference SAR/plain", "memory_ratio": "peak memory SAR/plain"}
+        table = df[list(columns)].rename(columns=columns).round(3).astype(object)
+        table = table.fillna("not measured (GPU only)")
+        tables += ["\nTrain and inference steps timed alternately in one process, median over "
+                   "rounds (`sar/benchmark.py`).\n", _markdown(table)]
+    summary = out_dir / f"{experiment}.md"
+    summary.write_text("\n".join(tables) + "\n")
+    return summary
+
+
+def update_readme(experiment: str, text: str, readme: Path) -> None:
+    """Replace the block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``."""
+    start, end = f"<!-- results:{experiment} -->", f"<!-- /results:{experiment} -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{readme} has no {start} ... {end} block to fill")
+    head, rest = content.split(start, 1)
+    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}")
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(df.columns) + " |", "|---" * len(df.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _save(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)

@@ -1,0 +1,121 @@
+"""One run of a grid: train a method on its data, evaluate it, return one result row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from .. import data as sar_data
+from .. import methods
+from ..config import seed_everything
+from ..models import SmallCNN, build_smp_model
+from ..train import evaluate, fit, gate_opened_step
+from .grids import ClassificationSetup, Run, SegmentationSetup
+
+
+# ------------------------------------------------------------------------- classification
+@dataclass
+class LongTailData:
+    train: sar_data.ClassificationDataset
+    test: sar_data.ClassificationDataset
+    counts: list[int]
+    groups: dict[str, list[int]]
+    source: str
+
+
+def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailData:
+    """Fashion-MNIST-LT (digits if Fashion-MNIST is missing) with a balanced test split."""
+    images, labels, _, source = sar_data.load_classification_data("fashion-mnist", "train")
+    test_images, test_labels, _, _ = sar_data.load_classification_data("fashion-mnist", "test")
+    if setup.test_limit is not None:
+        test_images, test_labels = test_images[: setup.test_limit], test_labels[: setup.test_limit]
+    tail = sar_data.make_long_tailed(labels, factor, seed=setup.data_seed,
+                                     max_count=setup.max_count)
+    train = sar_data.ClassificationDataset(*tail.apply(images, labels), augment=True)
+    test = sar_data.ClassificationDataset(test_images, test_labels, train.mean, train.std)
+    groups = sar_data.shot_groups(tail.counts, class_order=tail.class_order)
+    return LongTailData(train, test, tail.counts, groups, source)
+
+
+def method_name(run: Run) -> str:
+    """The :mod:`sar.methods` name a run trains with (the ablation's ``loss`` option swaps the
+    cross-entropy for the logit-adjusted one under the run's method)."""
+    if run.options.get("loss", "ce") == "ce":
+        return run.method
+    if run.options["loss"] != "logit_adjusted":
+        raise ValueError(f"unknown loss {run.options['loss']!r}; choose 'ce' or 'logit_adjusted'")
+    return {"ce": "logit_adjusted", "sar": "sar_logit_adjusted"}[run.method]
+
+
+def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,
+                       cache: dict[float, LongTailData]) -> dict[str, Any]:
+    factor = run.options["imbalance_factor"]
+    if factor not in cache:
+        cache[factor] = load_longtail_data(setup, factor)
+    lt = cache[factor]
+    num_classes, in_channels = len(lt.counts), lt.train.images.shape[1]
+    generator = seed_everything(run.seed)
+    net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
+    model, criterion = methods.build(method_name(run), net, counts=lt.counts,
+                                     **run.options.get("sar_options", {}))
+    loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
+    history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
+                  weight_decay=setup.weight_decay, criterion=criterion, device=device,
+                  progress=False, log_every=50)
+    anchors = getattr(model.regularizer, "semantic_anchors", None)
+    scores = evaluate(model, DataLoader(lt.test, batch_size=512), num_classes=num_classes,
+                      device=device, groups=lt.groups, features=True, anchors=anchors)
+    row = {key: scores[key] for key in ("accuracy", "many_accuracy", "medium_accuracy",
+                                        "few_accuracy")}
+    row |= {f"acc_class_{k}": v for k, v in enumerate(scores["per_class_accuracy"])}
+    row |= {k: scores[k] for k in ("compactness", "separation", "ratio", "nc1") if k in scores}
+    row["anchor_cosine"] = scores.get("anchor_cosine", float("nan"))
+    row["gate_opened_step"] = gate_opened_step(history)
+    row["imbalance_factor"], row["data"] = factor, lt.source
+    row["train_size"] = len(lt.train)
+    return row
+
+
+# --------------------------------------------------------------------------- segmentation
+def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
+                     cache: dict[str, Any]) -> dict[str, Any]:
+    if "scenes" not in cache:
+        common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor,
+                  "seed": setup.scene_seed}
+        cache["scenes"] = (
+            sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
+            sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common),
+        )
+    train, val = cache["scenes"]
+    num_classes = len(sar_data.SCENE_CLASSES)
+    generator = seed_everything(run.seed)
+    net = build_smp_model(run.options["arch"], "resnet18", num_classes, train.images.shape[1])
+    model, _ = methods.build(run.method, net)
+    loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
+    history = fit(model, loader, epochs=setup.epochs, lr=setup.lr, schedule="poly",
+                  device=device, progress=False, log_every=20)
+    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
+                      task="segmentation", device=device)
+    row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
+    row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
+    row["gate_opened_step"] = gate_opened_step(history)
+    return row
+
+
+def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:
+    """Fashion-MNIST class ids the scenes of ``setup`` make frequent ("many", 3 classes),
+    medium (4) or rare ("few", 3). Every training seed shares one scene set, hence one grouping."""
+    order, probs = sar_data.scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
+    return sar_data.shot_groups(probs.tolist(), class_order=order)
+
+
+def add_shot_group_iou(df: pd.DataFrame, groups: dict[str, list[int]]) -> pd.DataFrame:
+    """``df`` with a column ``{group}_iou`` per group of Fashion-MNIST class ids (e.g.
+    :func:`scene_shot_groups`): the mean IoU over the group's classes (background is in none)."""
+    # mask id k + 1 is Fashion-MNIST class k (0 is background)
+    return df.assign(**{f"{name}_iou": df[[f"iou_class_{c + 1}" for c in ids]].mean(axis=1)
+                        for name, ids in groups.items()})

@@ -1,0 +1,132 @@
+"""Every training method by name: one call wraps a model and gives the criterion it trains with.
+
+    model, criterion = sar.methods.build("sar", net)                        # paper defaults
+    model, criterion = sar.methods.build("logit_adjusted", net, counts=counts)
+    history = sar.train.fit(model, loader, criterion=criterion, ...)
+
+The same names serve classifiers (a linear head, ``fc`` by default: :class:`~sar.SARClassifier`)
+and smp segmentation models (:class:`~sar.SARSegmentationModel`). Every method is the same
+network in the same wrapper; only the regulariser, the head or the loss differs, so methods
+built from identically seeded networks start from identical weights.
+
+=========================  ==============================================================
+name                       what it trains with
+=========================  ==============================================================
+``ce``                     plain cross-entropy (:class:`~sar.NoRegularizer`)
+``sar``                    SAR, Ge et al. AAAI 2024 (:class:`~sar.SemanticAnchorRegularizer`)
+``prototype``              EMA class-mean prototypes (:class:`~sar.PrototypeRegularizer`)
+``center``                 center loss, Wen et al. ECCV 2016 (:class:`~sar.CenterLoss`)
+``etf``                    a fixed simplex-ETF classifier (:class:`~sar.ETFClassifier`)
+``logit_adjusted``         logit-adjusted CE, Menon et al. ICLR 2021
+``sar_logit_adjusted``     SAR trained with the logit-adjusted CE
+=========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from .baselines import (
+    CenterLoss,
+    ETFClassifier,
+    LogitAdjustedCrossEntropy,
+    NoRegularizer,
+    PrototypeRegularizer,
+)
+from .models import RegularizedModel, SARClassifier, SARSegmentationModel
+from .regularizer import SemanticAnchorRegularizer
+
+RegularizerFactory = Callable[..., nn.Module]
+
+# name -> regulariser built from (num_classes, feat_dim, **options)
+_REGULARIZERS: dict[str, RegularizerFactory] = {
+    "ce": lambda c, d: NoRegularizer(),
+    "sar": SemanticAnchorRegularizer,
+    "prototype": PrototypeRegularizer,
+    "center": CenterLoss,
+}
+# name -> the regulariser it pairs with the logit-adjusted loss
+_LOGIT_ADJUSTED = {"logit_adjusted": "ce", "sar_logit_adjusted": "sar"}
+METHODS = (*_REGULARIZERS, "etf", *_LOGIT_ADJUSTED)
+
+
+def is_segmentation_model(model: nn.Module) -> bool:
+    """True for smp-style models (a ``segmentation_head``), False for classifiers."""
+    return hasattr(model, "segmentation_head")
+
+
+def _head_dims(model: nn.Module, head_name: str) -> tuple[int, int]:
+    """``(num_classes, feat_dim)`` read from the model's classifier."""
+    if is_segmentation_model(model):
+        conv = model.segmentation_head[0]
+        return conv.out_channels, conv.in_channels
+    head = model.get_submodule(head_name)
+    return head.out_features, head.in_features
+
+
+def _criterion(name: str, counts: Sequence[int] | None, tau: float,
+               ignore_index: int) -> nn.Module | None:
+    if name not in _LOGIT_ADJUSTED:
+        return None
+    if counts is None:
+        raise ValueError(
+            f"method {name!r} needs counts= (training samples or pixels per class) for its"
+            " log prior"
+        )
+    return LogitAdjustedCrossEntropy(counts, tau=tau, ignore_index=ignore_index)
+
+
+def build(
+    name: str,
+    model: nn.Module,
+    *,
+    counts: Sequence[int] | None = None,
+    tau: float = 1.0,
+    head_name: str = "fc",
+    **options: Any,
+) -> tuple[RegularizedModel, nn.Module | None]:
+    """Wrap ``model`` for the method ``name``; return it and its criterion.
+
+    Args:
+        name: one of :data:`METHODS`.
+        model: a classifier whose linear head is ``model.<head_name>``, or an smp model.
+            ``"etf"`` replaces the classifier's head in place (classifiers only).
+        counts: training samples (or pixels) per class, ``(C,)``; needed by the
+            logit-adjusted methods for their log prior.
+        tau: strength of the logit adjustment (1.0, Menon et al.).
+        head_name: the classifier's linear head (ignored for smp models).
+        **options: keyword arguments of the method's regulariser (e.g. ``trade_off=1.0`` for
+            SAR, ``momentum=0.99`` for prototypes) or, for ``"etf"``, of the ETF head.
+
+    Returns:
+        ``(wrapped, criterion)``: a :class:`~sar.RegularizedModel` and the loss to pass to
+        :func:`sar.train.fit` as ``criterion=`` (``None`` means plain cross-entropy).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones), a logit-adjusted method
+            without ``counts``, or ``"etf"`` on a segmentation model.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    segmentation = is_segmentation_model(model)
+    num_classes, feat_dim = _head_dims(model, head_name)
+    criterion = _criterion(name, counts, tau, ignore_index=255 if segmentation else -100)
+    if name == "etf":
+        return _etf(model, head_name, num_classes, feat_dim, segmentation, options), criterion
+    make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
+    regularizer = make_regularizer(num_classes, feat_dim, **options)
+    if segmentation:
+        return SARSegmentationModel(model, regularizer), criterion
+    return SARClassifier(model, regularizer, head_name=head_name), criterion
+
+
+def _etf(model: nn.Module, head_name: str, num_classes: int, feat_dim: int,
+         segmentation: bool, options: dict[str, Any]) -> RegularizedModel:
+    if segmentation:
+        raise ValueError("the ETF head replaces a linear classifier: use it with classifiers")
+    head = ETFClassifier(feat_dim, num_classes, **options)
+    model.set_submodule(head_name, head)
+    return RegularizedModel(model, head, head, NoRegularizer())

@@ -1,0 +1,53 @@
+"""Evaluation metrics: classification accuracy, segmentation IoU, and feature geometry.
+
+Three families, all taking torch tensors (numpy arrays are converted):
+
+* **Classification** - :func:`accuracy`, :func:`per_class_accuracy`, :func:`shot_accuracy`
+  (many/medium/few-shot groups of a long-tailed benchmark).
+* **Segmentation** - :func:`confusion_matrix` and the quantities derived from it
+  (:func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`), plus the streaming
+  :class:`ConfusionMeter` for evaluation loops.
+* **Representation geometry** - how tightly features cluster around their class mean or
+  anchor (:func:`representation_metrics`, including neural-collapse NC1) and how much class
+  centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
+
+Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
+"""
+
+from .geometry import (
+    FeatureSnapshot,
+    RepresentationTracker,
+    center_drift,
+    class_means,
+    geometry_drift,
+    model_anchors,
+    representation_metrics,
+)
+from .scores import (
+    ConfusionMeter,
+    accuracy,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    per_class_accuracy,
+    pixel_accuracy,
+    shot_accuracy,
+)
+
+__all__ = [
+    "ConfusionMeter",
+    "FeatureSnapshot",
+    "RepresentationTracker",
+    "accuracy",
+    "center_drift",
+    "class_means",
+    "confusion_matrix",
+    "geometry_drift",
+    "iou_per_class",
+    "mean_iou",
+    "model_anchors",
+    "per_class_accuracy",
+    "pixel_accuracy",
+    "representation_metrics",
+    "shot_accuracy",
+]

@@ -1,0 +1,41 @@
+"""Plots for anchors, embeddings, training curves, per-class results and segmentation.
+
+Every function draws onto a given matplotlib ``ax`` (or creates one), returns the Axes (the
+Figure for multi-panel plots) and never calls ``plt.show()``, so the same code serves
+notebooks, scripts and tests. Call :func:`use_style` once for the house style. A class keeps
+one colour across all plots through :func:`class_palette`.
+"""
+
+from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding
+from .results import plot_bars, plot_per_class, plot_sweep, sweep_summary
+from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
+from .style import BACKGROUND_RGB, FIGSIZE, IGNORE_RGB, MAX_LEGEND_CLASSES, class_palette, use_style
+from .training import (
+    plot_anchor_probabilities,
+    plot_metric_curves,
+    plot_training_curves,
+    plot_value_histograms,
+)
+
+__all__ = [
+    "BACKGROUND_RGB",
+    "FIGSIZE",
+    "IGNORE_RGB",
+    "MAX_LEGEND_CLASSES",
+    "class_palette",
+    "colorize_mask",
+    "cosine_matrix",
+    "plot_anchor_cosines",
+    "plot_anchor_probabilities",
+    "plot_bars",
+    "plot_embedding",
+    "plot_metric_curves",
+    "plot_per_class",
+    "plot_segmentation_comparison",
+    "plot_segmentation_overlay",
+    "plot_sweep",
+    "plot_training_curves",
+    "plot_value_histograms",
+    "sweep_summary",
+    "use_style",
+]

@@ -1,0 +1,193 @@
+"""Anchor geometry and feature embeddings: cosine matrices, 2-D projections with anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
+
+from .style import MAX_LEGEND_CLASSES, ArrayLike, _axes, _names, _numpy, class_palette
+
+
+def cosine_matrix(rows: ArrayLike) -> np.ndarray:
+    """Pairwise cosine similarity of the rows of ``(C, D)``; float64 ``(C, C)``."""
+    x = _numpy(rows).astype(np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
+def plot_anchor_cosines(
+    anchors_or_cosine: ArrayLike,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str = "Pairwise cosine similarity of anchors",
+    is_cosine: bool = False,
+    annotate: bool | None = None,
+) -> Axes:
+    """Heatmap of pairwise cosines, diverging colour map fixed to ``[-1, 1]``.
+
+    Args:
+        anchors_or_cosine: anchors ``(C, D)``, or a precomputed cosine matrix ``(C, C)``
+            when ``is_cosine=True`` (an explicit flag, as a square anchor matrix is legal).
+        class_names: ``C`` tick labels (default: class indices); ticks shown up to 30 classes.
+        ax: Axes to draw on; a new figure otherwise.
+        title: Axes title.
+        is_cosine: whether the input already is the cosine matrix.
+        annotate: write each value in its cell (default: when ``C <= 12``).
+
+    Returns:
+        The Axes; ``ax.images[0].get_array()`` is the ``(C, C)`` cosine matrix.
+    """
+    values = _numpy(anchors_or_cosine).astype(np.float64)
+    if is_cosine and (values.ndim != 2 or values.shape[0] != values.shape[1]):
+        raise ValueError(f"a cosine matrix must be square, got {values.shape}")
+    cos = values if is_cosine else cosine_matrix(values)
+    num_classes = cos.shape[0]
+    names = _names(class_names, num_classes)
+    ax = _axes(ax)
+    image = ax.imshow(cos, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, label="cosine similarity (unitless)")
+    if num_classes <= 30:
+        ax.set_xticks(range(num_classes), names, rotation=90 if num_classes > 10 else 0)
+        ax.set_yticks(range(num_classes), names)
+    ax.grid(False)
+    if num_classes <= 12 if annotate is None else annotate:
+        for (i, j), value in np.ndenumerate(cos):
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if abs(value) > 0.6 else "black",
+            )
+    ax.set(title=title, xlabel="class", ylabel="class")
+    return ax
+
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def _embed(
+    feats: np.ndarray, anchors: np.ndarray | None, method: str, seed: int
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, str]]:
+    """2-D coordinates of the features and anchors, plus axis labels."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=seed).fit(feats)
+        var = 100 * pca.explained_variance_ratio_
+        labels = (f"PC 1 ({var[0]:.1f} % of variance)", f"PC 2 ({var[1]:.1f} % of variance)")
+        return pca.transform(feats), None if anchors is None else pca.transform(anchors), labels
+    if method == "tsne":
+        # Anchors are embedded jointly: t-SNE has no transform for unseen points.
+        joint = feats if anchors is None else np.concatenate([feats, anchors])
+        perplexity = min(30.0, (len(joint) - 1) / 3)
+        # One OpenMP thread: with torch loaded, two OpenMP runtimes fight over the cores and
+        # t-SNE ran 3-30x slower than single-threaded in our measurements.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+            xy = tsne.fit_transform(joint)
+        labels = ("t-SNE 1 (arbitrary units)", "t-SNE 2 (arbitrary units)")
+        return xy[: len(feats)], None if anchors is None else xy[len(feats) :], labels
+    raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+
+
+def plot_embedding(
+    features: ArrayLike,
+    labels: ArrayLike,
+    anchors: ArrayLike | None = None,
+    method: str = "pca",
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    max_points: int = 3000,
+    seed: int = 0,
+    title: str | None = None,
+) -> Axes:
+    """2-D scatter of features coloured by class, with anchors as black-edged stars.
+
+    Args:
+        features: ``(N, D)`` features.
+        labels: ``(N,)`` integer classes.
+        anchors: optional ``(C, D)`` anchors, projected by the same PCA (or embedded jointly
+            with the features for t-SNE); one star per class in that class's colour.
+        method: ``"pca"`` (linear, keeps global geometry) or ``"tsne"`` (local neighbourhoods).
+        class_names: names for the legend (default: class indices).
+        ax: Axes to draw on.
+        max_points: above this many features, a seeded random subset is drawn.
+        seed: seed of the subsample, PCA and t-SNE.
+        title: Axes title (default names the method).
+    """
+    feats = _numpy(features).astype(np.float64)
+    labs = _numpy(labels).astype(np.int64)
+    anc = None if anchors is None else _numpy(anchors).astype(np.float64)
+    num_classes = max(int(labs.max()) + 1, 0 if anc is None else len(anc))
+    keep = _subsample(len(feats), max_points, seed)
+    feats, labs = feats[keep], labs[keep]
+    xy, anchor_xy, (xlabel, ylabel) = _embed(feats, anc, method, seed)
+
+    ax = _axes(ax)
+    palette, names = class_palette(num_classes), _names(class_names, num_classes)
+    for c in np.unique(labs):
+        pts = xy[labs == c]
+        ax.scatter(
+            pts[:, 0], pts[:, 1], s=8, alpha=0.6, color=palette[c], label=names[c], linewidths=0
+        )
+    if anchor_xy is not None:
+        for c, (x, y) in enumerate(anchor_xy):
+            ax.plot(
+                x,
+                y,
+                marker="*",
+                markersize=18,
+                linestyle="none",
+                color=palette[c],
+                markeredgecolor="black",
+                markeredgewidth=1.2,
+                zorder=3,
+            )
+    _embedding_legend(ax, n_classes=len(np.unique(labs)), anchors=anchor_xy is not None)
+    shown = f"{len(keep)} points" + (" (subsampled)" if len(keep) < len(_numpy(labels)) else "")
+    ax.set(
+        xlabel=xlabel,
+        ylabel=ylabel,
+        title=title or f"{method.upper() if method == 'pca' else 't-SNE'} of features, {shown}",
+    )
+    return ax
+
+
+def _embedding_legend(ax: Axes, n_classes: int, anchors: bool) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if n_classes > MAX_LEGEND_CLASSES:
+        handles, labels = [], []
+    if anchors:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                color="0.7",
+                markeredgecolor="black",
+            )
+        )
+        labels.append("anchor")
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            title="class",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1),
+            markerscale=1.0,
+            frameon=False,
+        )
