@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .anchors import make_anchors
+from .labels import class_labels
 
 Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
 PULL_DISTANCES = ("mse", "cosine")
@@ -261,8 +262,7 @@ class SemanticAnchorRegularizer(nn.Module):
                 f"features have {features.shape[1]} channels but the regulariser was built with"
                 f" feat_dim={self.feat_dim}: pass the feature map that enters the classifier"
             )
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+        labels = class_labels(labels)  # refuses float masks, drops a (B, 1, H, W) channel
         if labels.shape[0] != features.shape[0]:
             raise ValueError(
                 f"batch mismatch: features have batch size {features.shape[0]}, labels"
@@ -273,9 +273,7 @@ class SemanticAnchorRegularizer(nn.Module):
                 raise ValueError(
                     f"for (B, D) features labels must be (B,), got {tuple(labels.shape)}"
                 )
-            return labels.long()
-        if labels.dim() == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
+            return labels
         if labels.dim() != 3:
             raise ValueError(
                 f"for (B, D, H, W) features labels must be (B, h, w), got {tuple(labels.shape)}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..labels import class_labels
 from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -34,7 +36,7 @@ def _image_to_tensor(image: Any) -> Tensor:
 def _mask_to_tensor(mask: Any) -> Tensor:
     """PIL mask (mode L/P/I), array or tensor of class ids -> int64 ``(H, W)``."""
     if isinstance(mask, Tensor):
-        out = mask
+        out = class_labels(mask)
     else:
         from PIL import Image
 
@@ -131,9 +133,13 @@ class SegmentationFolder(Dataset):
     ``image_dir="images/training", mask_dir="annotations/training", reduce_zero_label=True``
     (its 0 "other" becomes 255 and classes 1..150 become 0..149). Items are
     ``(float32 (3, H, W), int64 (H, W))``, through ``transform(image, mask)`` when given
-    (PIL image, PIL mask or int64 tensor), else plain [0, 1] tensors. Raises
-    ``FileNotFoundError`` listing unpaired files, and ``ValueError`` naming both files when
-    an image and its mask differ in size (checked when the pair is loaded).
+    (PIL image, PIL mask or int64 tensor), else plain [0, 1] tensors. ``label_map`` renames
+    mask values after ``reduce_zero_label``, e.g. ``{255: 1}`` for binary masks saved as 0/255.
+
+    Raises ``FileNotFoundError`` listing unpaired files, and ``ValueError`` naming both files
+    when an image and its mask differ in size (checked when the pair is loaded). Warns once,
+    at construction, when the first masks hold only background (0) and the ignore value 255:
+    that is usually a binary mask whose objects would all be ignored.
     """
 
     def __init__(
@@ -143,8 +149,10 @@ class SegmentationFolder(Dataset):
         mask_dir: str = "masks",
         transform: Callable[[Any, Any], tuple[Tensor, Tensor]] | None = None,
         reduce_zero_label: bool = False,
+        label_map: Mapping[int, int] | None = None,
     ) -> None:
         self.root, self.transform, self.reduce_zero_label = Path(root), transform, reduce_zero_label
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         image_root, mask_root = self.root / image_dir, self.root / mask_dir
         for folder in (image_root, mask_root):
             if not folder.is_dir():
@@ -161,6 +169,35 @@ class SegmentationFolder(Dataset):
         if not images:
             raise FileNotFoundError(f"no .png/.jpg images in {image_root}")
         self.pairs = [(images[s], masks[s]) for s in sorted(images)]
+        self._warn_if_only_background_and_ignore()
+
+    def _warn_if_only_background_and_ignore(self, samples: int = 8) -> None:
+        picked = self.pairs[:: max(1, len(self.pairs) // samples)][:samples]
+        values = set().union(*(self._labels(mask).unique().tolist() for _, mask in picked))
+        if values == {0, IGNORE_INDEX}:
+            warnings.warn(
+                f"the masks in {self.root} hold only 0 and {IGNORE_INDEX} (checked {len(picked)}"
+                f" of {len(self.pairs)}): {IGNORE_INDEX} is the ignore label, so every object"
+                " pixel would be ignored and only background learned. If these are binary masks"
+                f" with objects saved as {IGNORE_INDEX}, pass label_map={{{IGNORE_INDEX}: 1}}"
+                " (and num_classes=2).",
+                UserWarning, stacklevel=3,
+            )
+
+    def _labels(self, mask_path: Path) -> Tensor:
+        """The mask of ``mask_path`` as class ids, after ``reduce_zero_label`` and ``label_map``."""
+        from PIL import Image
+
+        with Image.open(mask_path) as mk:
+            return self._relabel(_mask_to_tensor(mk))
+
+    def _relabel(self, m: Tensor) -> Tensor:
+        if self.reduce_zero_label:
+            m = torch.where(m == 0, IGNORE_INDEX, torch.where(m == IGNORE_INDEX, m, m - 1))
+        out = m.clone()
+        for old, new in self.label_map.items():
+            out[m == old] = new
+        return out
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -176,9 +213,8 @@ class SegmentationFolder(Dataset):
                     f"{mask_path} is {mk.size[0]}x{mk.size[1]} (width x height)"
                 )
             image, mask = im.convert("RGB"), mk.copy()
-        if self.reduce_zero_label:
-            m = _mask_to_tensor(mask)
-            mask = torch.where(m == 0, IGNORE_INDEX, torch.where(m == IGNORE_INDEX, m, m - 1))
+        if self.reduce_zero_label or self.label_map:
+            mask = self._relabel(_mask_to_tensor(mask))
         if self.transform is not None:
             return self.transform(image, mask)
         return _image_to_tensor(image), _mask_to_tensor(mask)

@@ -14,13 +14,14 @@ from torch import nn
 from .. import metrics
 from ..config import default_device
 from ..distributed import unwrap
+from ..labels import AUTO, class_labels, resolve_ignore_index
 
 TASKS = ("classification", "segmentation")
 
 
 def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = batch[0], batch[1]
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+    x, y = batch[0], class_labels(batch[1])  # refuses float masks before any cast
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -165,7 +166,7 @@ def evaluate(
     num_classes: int,
     task: str = "classification",
     device: str | torch.device | None = None,
-    ignore_index: int | None = 255,
+    ignore_index: int | None | str = AUTO,
     groups: Mapping[str, Sequence[int]] | None = None,
     features: bool = False,
     anchors: torch.Tensor | None = None,
@@ -174,7 +175,9 @@ def evaluate(
     """Score ``model`` on ``(inputs, labels)`` batches, in eval mode and without gradients.
 
     The model moves to ``device`` (default :func:`sar.config.default_device`); its previous
-    train/eval mode is restored afterwards. Labels equal to ``ignore_index`` are skipped.
+    train/eval mode is restored afterwards. Labels equal to ``ignore_index`` are skipped:
+    ``"auto"`` takes the wrapped regulariser's (255 for a model without one), ``None`` skips
+    nothing. Labels are integer ``(B,)``, ``(B, H, W)`` or ``(B, 1, H, W)``.
 
     Returns:
         classification: ``accuracy``, ``per_class_accuracy`` (list of C, NaN for absent
@@ -189,6 +192,7 @@ def evaluate(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    ignore_index = resolve_ignore_index(model, ignore_index)
     _check_ignore_index(ignore_index, num_classes)
     model = unwrap(model)  # this rank scores on its own: no DDP forward, no collective
     device = _resolve(model, device)
@@ -228,18 +232,20 @@ def collect_features(
     *,
     device: str | torch.device | None = None,
     max_points: int | None = 20000,
-    ignore_index: int | None = 255,
+    ignore_index: int | None | str = AUTO,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Head-input features and their labels, e.g. to plot an embedding.
 
     Uses ``model.features_and_logits`` in eval mode. Segmentation maps ``(B, D, h, w)`` give
     one point per pixel at the feature resolution, with labels nearest-downsampled to it.
-    Points labelled ``ignore_index`` are dropped and at most ``max_points`` are kept, drawn
+    Points labelled ``ignore_index`` (``"auto"``: the regulariser's, as in :func:`evaluate`)
+    are dropped and at most ``max_points`` are kept, drawn
     uniformly and reproducibly (``None``: keep all).
 
     Returns:
         features ``(N, D)`` float32 and labels ``(N,)`` int64, on the CPU.
     """
+    ignore_index = resolve_ignore_index(model, ignore_index)
     model = unwrap(model)
     device = _resolve(model, device)
     sampler = _PointSampler(max_points, ignore_index)

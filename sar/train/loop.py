@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import default_device
 from ..distributed import unwrap
+from ..labels import AUTO, resolve_ignore_index
 from ..models import RegularizedModel
 from .checkpoint import PathLike, _records, _rng_state, load_checkpoint, save_checkpoint
 from .evaluation import _batch
@@ -171,7 +172,7 @@ def fit(
     schedule: str = "cosine",
     warmup_steps: int = 0,
     criterion: Criterion | None = None,
-    ignore_index: int | None = 255,
+    ignore_index: int | None | str = AUTO,
     device: str | torch.device | None = None,
     amp: bool | torch.dtype | None = None,
     checkpoint: PathLike | None = None,
@@ -184,8 +185,8 @@ def fit(
 
     For a :class:`~sar.models.RegularizedModel` the loss is ``criterion(logits, y) +
     losses["loss"]`` with ``logits, losses = model(x, y)``; for any other module it is
-    ``criterion(model(x), y)``. Labels are ``(B,)`` for classification or ``(B, H, W)`` for
-    segmentation.
+    ``criterion(model(x), y)``. Labels are integer class ids, ``(B,)`` for classification or
+    ``(B, H, W)`` (or ``(B, 1, H, W)``) for segmentation; floating-point labels are refused.
 
     Args:
         epochs, max_steps: the run lasts ``min(epochs * len(train_loader), max_steps)`` steps.
@@ -193,9 +194,11 @@ def fit(
             parameters, the regulariser's projector included.
         schedule: per-step ``"cosine"``, ``"poly"`` (power 0.9) or ``"constant"``, after a
             linear warm-up of ``warmup_steps`` (see :func:`lr_factor`).
-        criterion: defaults to :class:`IgnoreSafeCrossEntropy` with ``ignore_index``
-            (``None``: ignore nothing; a batch with only ignored labels adds 0, not NaN), or
-            e.g. :class:`~sar.baselines.LogitAdjustedCrossEntropy`.
+        criterion: defaults to :class:`IgnoreSafeCrossEntropy` with ``ignore_index`` (a batch
+            with only ignored labels adds 0, not NaN), or e.g.
+            :class:`~sar.baselines.LogitAdjustedCrossEntropy`.
+        ignore_index: ``"auto"`` takes the wrapped regulariser's (255 for a model without
+            one); an explicit value must agree with it; ``None`` ignores nothing.
         device: defaults to :func:`sar.config.default_device`; the model moves there.
         amp: autocast on CUDA only: ``None``/``True`` bf16 where supported, else fp16 with a
             GradScaler; a dtype forces it; ``False`` off. The CPU always runs in float32.
@@ -222,7 +225,11 @@ def fit(
     Raises:
         FloatingPointError: on a non-finite loss, before the optimiser step; the last
             checkpoint keeps the last good state.
+        TypeError: floating-point labels (e.g. masks through ``ToTensor``).
+        ValueError: an ``ignore_index`` that disagrees with the regulariser's, or that is a
+            class id under the default criterion.
     """
+    ignore_index = resolve_ignore_index(model, ignore_index)
     _check_fit_args(optimizer, schedule, epochs, log_every, warmup_steps, checkpoint, resume)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)

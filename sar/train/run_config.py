@@ -31,7 +31,8 @@ class DataConfig:
     ``name``: ``"fashion_scenes"`` (built in, offline: :func:`sar.data.make_fashion_scenes`
     with ``num_train``/``num_val`` scenes of ``size`` pixels), ``"folder"`` (a
     :class:`sar.data.SegmentationFolder` under ``root``, with ``num_classes`` given; the
-    validation pair ``val_image_dir``/``val_mask_dir`` is optional) or ``"voc"``
+    validation pair ``val_image_dir``/``val_mask_dir`` is optional; ``label_map`` renames mask
+    values, e.g. ``{"255": 1}`` for binary masks saved as 0/255) or ``"voc"``
     (:func:`sar.data.pascal_voc` under ``root``, splits ``train_split``/``val_split``).
     On-disk images go through :class:`sar.data.SegmentationTransform`: ``resize`` (shorter
     side, or ``[h, w]``), then a random ``crop`` and ``hflip`` for training; ``val_resize``
@@ -52,6 +53,7 @@ class DataConfig:
     val_image_dir: str | None = None
     val_mask_dir: str | None = None
     reduce_zero_label: bool = False
+    label_map: dict[str, int] | None = None
     train_split: str = "train"
     val_split: str = "val"
     resize: int | list[int] | None = None
@@ -225,12 +227,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Any, Any | None, int]:
         train = data.pascal_voc(cfg.root, cfg.train_split, _segmentation_transform(cfg, True))
         val = data.pascal_voc(cfg.root, cfg.val_split, _segmentation_transform(cfg, False))
         return train, val, 21
+    relabel = {"reduce_zero_label": cfg.reduce_zero_label, "label_map": cfg.label_map}
     train = data.SegmentationFolder(cfg.root, cfg.image_dir, cfg.mask_dir,
-                                    _segmentation_transform(cfg, True), cfg.reduce_zero_label)
+                                    _segmentation_transform(cfg, True), **relabel)
     val = None
     if cfg.val_image_dir is not None and cfg.val_mask_dir is not None:
         val = data.SegmentationFolder(cfg.root, cfg.val_image_dir, cfg.val_mask_dir,
-                                      _segmentation_transform(cfg, False), cfg.reduce_zero_label)
+                                      _segmentation_transform(cfg, False), **relabel)
     return train, val, int(cfg.num_classes)
 
 
