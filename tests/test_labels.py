@@ -131,3 +131,11 @@ def test_masks_with_real_classes_do_not_warn(tmp_path, recwarn):
     save_binary_pairs(tmp_path)
     sar_data.SegmentationFolder(tmp_path, label_map={255: 1})
     assert not [w for w in recwarn if "only 0 and 255" in str(w.message)]
+
+
+def test_classification_data_refuses_float_labels_instead_of_truncating():
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="integer tensor of class ids"):
+        sar_data.ClassificationDataset(images, torch.tensor([0.0, 0.5, 1.0, 1.5]))
+    with pytest.raises(TypeError, match="integer tensor of class ids"):
+        sar_data.make_long_tailed(torch.tensor([0.0, 1.0, 1.0]), 2.0)

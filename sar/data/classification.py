@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..labels import class_labels
+
 
 class ClassificationDataset(Dataset):
     """Normalised images with optional crop-and-flip augmentation.
@@ -34,7 +36,7 @@ class ClassificationDataset(Dataset):
             x = x.unsqueeze(1)
         if x.ndim != 4:
             raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got {tuple(x.shape)}")
-        self.labels = torch.as_tensor(labels, dtype=torch.int64).flatten()
+        self.labels = class_labels(torch.as_tensor(labels)).flatten()
         if len(self.labels) != len(x):
             raise ValueError(f"{len(x)} images but {len(self.labels)} labels")
         # a private float copy: normalising in place must not touch the caller's tensor

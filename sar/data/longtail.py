@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..labels import class_labels
+
 _MAX_IMBALANCE = 200.0
 
 
@@ -118,7 +120,7 @@ def make_long_tailed(
     can then be the head). Raises ``ValueError`` when a class has fewer samples than needed.
     Keep the test split untouched (balanced) for evaluation.
     """
-    labels = torch.as_tensor(labels).long().flatten()
+    labels = class_labels(torch.as_tensor(labels)).flatten()
     num_classes = int(labels.max()) + 1
     available = torch.bincount(labels, minlength=num_classes).tolist()
     if max_count is None:
