@@ -436,3 +436,17 @@ def test_pascal_voc_keeps_ignore_label(tmp_path: Path) -> None:
         D.pascal_voc(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="val.txt"):
         D.pascal_voc(tmp_path, image_set="val")
+
+
+def test_validation_split_is_balanced_disjoint_and_the_same_for_every_factor():
+    labels = torch.arange(10).repeat_interleave(50)
+    tails = [D.make_long_tailed(labels, factor, seed=3, max_count=30, val_per_class=8)
+             for factor in (1, 10, 30)]
+    for tail in tails:
+        assert torch.bincount(labels[tail.val_indices], minlength=10).tolist() == [8] * 10
+        assert not set(tail.val_indices.tolist()) & set(tail.indices.tolist())
+    assert all(torch.equal(t.val_indices, tails[0].val_indices) for t in tails)
+    plain = D.make_long_tailed(labels, 10, seed=3, max_count=30)
+    assert torch.equal(plain.indices, tails[1].indices) and len(plain.val_indices) == 0
+    with pytest.raises(ValueError, match=r"needs 30 \(\+ 21 for validation\)"):
+        D.make_long_tailed(labels, 10, seed=3, max_count=30, val_per_class=21)

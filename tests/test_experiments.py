@@ -13,9 +13,11 @@ from sar.experiments import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     SMOKE_CLASSIFICATION,
+    TUNING,
     Run,
     SegmentationSetup,
     add_shot_group_iou,
+    chosen_settings,
     longtail_grid,
     main,
     markdown_table,
@@ -198,3 +200,21 @@ def test_merge_adds_only_missing_rows_of_the_same_experiment(tmp_path, capsys):
         main(["merge", "longtail", str(there / "segmentation.csv"), "--out", str(here)])
     with pytest.raises(SystemExit):
         main(["render", "segmentation", str(there / "segmentation.csv")])
+
+
+def test_tuning_grid_scores_on_validation_data_only(tmp_path):
+    main(["tuning", "--smoke", "--seeds", "0", "1", "--out", str(tmp_path), "--device", "cpu"])
+    df = pd.read_csv(tmp_path / "tuning.csv")
+    assert len(df) == sum(len(grid) for grid in TUNING.values())  # one seed, whatever is asked
+    assert set(df["seed"]) == {0}
+    assert df["val_accuracy"].between(0, 1).all() and "val_few_accuracy" in df
+    assert "accuracy" not in df and "acc_class_0" not in df  # the test split is never touched
+    main(["render", "tuning", "--out", str(tmp_path)])
+    assert "val accuracy" in (tmp_path / "tuning.md").read_text()
+
+
+def test_chosen_setting_is_the_best_on_validation():
+    df = pd.DataFrame({"method": ["sar", "sar", "sar", "la"], "setting": ["a", "b", "c", "t"],
+                       "val_accuracy": [0.5, 0.7, 0.7, 0.1], "val_few_accuracy": [0.0] * 4})
+    chosen = chosen_settings(df)
+    assert chosen.set_index("method")["setting"].to_dict() == {"sar": "b", "la": "t"}

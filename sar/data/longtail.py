@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -88,7 +88,9 @@ class LongTail:
     """A long-tailed subset of a balanced labelled set.
 
     ``indices`` int64 ``(M,)`` ascending positions into the original set; ``counts[c]`` the
-    number kept of class id ``c``; ``class_order`` class ids from head to tail.
+    number kept of class id ``c``; ``class_order`` class ids from head to tail;
+    ``val_indices`` a class-balanced validation split drawn from the samples the long tail
+    left out (empty unless asked for).
     """
 
     indices: Tensor
@@ -96,6 +98,7 @@ class LongTail:
     class_order: list[int]
     imbalance_factor: float = 1.0
     profile: str = "exp"
+    val_indices: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     def apply(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(images[indices], labels[indices])``."""
@@ -110,6 +113,7 @@ def make_long_tailed(
     max_count: int | None = None,
     class_order: Sequence[int] | None = None,
     step_fraction: float = 0.5,
+    val_per_class: int = 0,
 ) -> LongTail:
     """Subsample ``labels`` (int64 ``(N,)``, ids ``0..C-1``) to a long-tailed profile.
 
@@ -117,8 +121,11 @@ def make_long_tailed(
     ``class_order``, head first, to fix it). Within class ``c`` the kept samples are the
     first ``counts[c]`` of a permutation drawn from ``seed`` and ``c`` alone, so the subsets
     for growing IF are nested. ``max_count`` defaults to the smallest class size (every class
-    can then be the head). Raises ``ValueError`` when a class has fewer samples than needed.
-    Keep the test split untouched (balanced) for evaluation.
+    can then be the head). ``val_per_class`` samples of every class form a balanced
+    validation split (``LongTail.val_indices``) from the *last* samples of that permutation,
+    so it never meets the training subset and is the same for every imbalance factor: tune
+    knobs on it, never on the test split. Raises ``ValueError`` when a class has fewer samples
+    than needed. Keep the test split untouched (balanced) for evaluation.
     """
     labels = class_labels(torch.as_tensor(labels)).flatten()
     num_classes = int(labels.max()) + 1
@@ -135,18 +142,22 @@ def make_long_tailed(
     counts = [0] * num_classes
     for rank, c in enumerate(class_order):
         counts[c] = per_rank[rank]
-    kept = []
+    kept, held_out = [], []
     for c in range(num_classes):
-        if available[c] < counts[c]:
+        if available[c] < counts[c] + val_per_class:
             raise ValueError(
-                f"class {c} has {available[c]} samples but the profile needs {counts[c]} "
-                f"(lower max_count or pick another class_order)"
+                f"class {c} has {available[c]} samples but the profile needs {counts[c]}"
+                f" (+ {val_per_class} for validation): lower max_count or val_per_class, or"
+                " pick another class_order"
             )
         members = torch.nonzero(labels == c).flatten()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + c)
-        kept.append(members[torch.randperm(len(members), generator=gen)[: counts[c]]])
+        shuffled = members[torch.randperm(len(members), generator=gen)]
+        kept.append(shuffled[: counts[c]])
+        held_out.append(shuffled[len(shuffled) - val_per_class:])
     indices = torch.sort(torch.cat(kept)).values
-    return LongTail(indices, counts, class_order, float(imbalance_factor), profile)
+    val_indices = torch.sort(torch.cat(held_out)).values
+    return LongTail(indices, counts, class_order, float(imbalance_factor), profile, val_indices)
 
 
 def shot_groups(

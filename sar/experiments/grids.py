@@ -39,6 +39,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# Each method's main knob, chosen the same way for every method: about four values, trained at
+# the largest imbalance factor and scored on the balanced validation split. The values bracket
+# each method's published default (SAR 0.1 / 1, Menon et al.'s tau = 1).
+TUNING: dict[str, dict[str, dict[str, Any]]] = {
+    "sar": {"trade_off 0.01": {"trade_off": 0.01}, "trade_off 0.1": {},
+            "trade_off 1": {"trade_off": 1.0}, "trade_off 10": {"trade_off": 10.0},
+            "trade_off_ce 0.3": {"trade_off_ce": 0.3}, "trade_off_ce 3": {"trade_off_ce": 3.0}},
+    "logit_adjusted": {"tau 0.5": {"tau": 0.5}, "tau 1": {}, "tau 1.5": {"tau": 1.5},
+                       "tau 2": {"tau": 2.0}},
+}
+
+
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class ClassificationSetup:
@@ -53,6 +65,7 @@ class ClassificationSetup:
     max_count: int | None = 2000  # images of the head class (the tail has max_count / IF)
     test_limit: int | None = None  # evaluate on the first N test images; None = all 10000
     data_seed: int = 0  # fixes which classes are head and tail, for every training seed
+    val_per_class: int = 200  # balanced validation split from images the tail left out
     imbalance_factors: tuple[float, ...] = (1, 10, 50, 100)
 
 
@@ -76,7 +89,8 @@ class SegmentationSetup:
 
 
 SMOKE_CLASSIFICATION = ClassificationSetup(
-    epochs=1, width=8, feat_dim=16, max_count=60, test_limit=200, imbalance_factors=(1, 10))
+    epochs=1, width=8, feat_dim=16, max_count=60, test_limit=200, val_per_class=20,
+    imbalance_factors=(1, 10))
 
 
 SMOKE_SEGMENTATION = SegmentationSetup(
@@ -114,8 +128,19 @@ def ablation_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]
         for name, options in ABLATIONS.items():
             sar_options = {k: v for k, v in options.items() if k != "loss"}
             yield Run("ablation", "sar", name, seed,
-                      {"imbalance_factor": factor, "sar_options": sar_options,
+                      {"imbalance_factor": factor, "method_options": sar_options,
                        "loss": options.get("loss", "ce")})
+
+
+def tuning_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
+    """Each method's knob grid at the largest imbalance factor, scored on the validation split
+    (one seed: the grid chooses a setting, the long-tail grid then measures it)."""
+    factor = max(setup.imbalance_factors)
+    for seed in seeds[:1]:
+        for method, grid in TUNING.items():
+            for name, options in grid.items():
+                yield Run("tuning", method, name, seed,
+                          {"imbalance_factor": factor, "method_options": options})
 
 
 def segmentation_grid(setup: SegmentationSetup, seeds: list[int]) -> Iterator[Run]:
@@ -138,9 +163,10 @@ def grid_runs(experiment: str, seeds: list[int], smoke: bool) -> list[Run]:
         return [Run("overhead", "sar_vs_plain", key, 0) for key in OVERHEAD_CASES]
     if experiment == "segmentation":
         return list(segmentation_grid(seg_setup, seeds))
-    grid = longtail_grid if experiment == "longtail" else ablation_grid
+    grid = {"longtail": longtail_grid, "ablation": ablation_grid,
+            "tuning": tuning_grid}[experiment]
     return list(grid(cls_setup, seeds))
 
 
 # ---------------------------------------------------------------------------------- CLI
-EXPERIMENTS = ("longtail", "ablation", "segmentation", "overhead")
+EXPERIMENTS = ("longtail", "ablation", "tuning", "segmentation", "overhead")

@@ -193,6 +193,11 @@ def render(experiment: str, out_dir: Path) -> Path:
                    "over seeds of the per-seed difference)\n",
                    paired_gap_table(df, "setting", "default", ["accuracy", "few_accuracy"])]
         _save(plot_ablation(df), figures / "ablation.png")
+    elif experiment == "tuning":
+        factor = df["imbalance_factor"].iloc[0]
+        tables += [f"\nValidation accuracy (%) at imbalance factor {factor:g}, one seed; **bold**"
+                   " = the setting each method keeps (highest validation accuracy)\n",
+                   _markdown(_tuning_table(df))]
     elif experiment == "segmentation":
         for metric in ("mIoU", "pixel_accuracy"):
             tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
@@ -222,6 +227,21 @@ def render(experiment: str, out_dir: Path) -> Path:
     summary = out_dir / f"{experiment}.md"
     summary.write_text("\n".join(tables) + "\n")
     return summary
+
+
+def chosen_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the tuning row with the highest validation accuracy (ties: the first row)."""
+    return df.loc[df.groupby("method", sort=False)["val_accuracy"].idxmax()]
+
+
+def _tuning_table(df: pd.DataFrame) -> pd.DataFrame:
+    chosen = set(chosen_settings(df).index)
+    table = df[["method", "setting", "val_accuracy", "val_few_accuracy"]].copy()
+    for column in ("val_accuracy", "val_few_accuracy"):
+        table[column] = [f"**{v:.2%}**".replace("%", "") if i in chosen else f"{v:.2%}"[:-1]
+                         for i, v in table[column].items()]
+    return table.rename(columns={"val_accuracy": "val accuracy",
+                                 "val_few_accuracy": "val few-shot accuracy"})
 
 
 def update_readme(experiment: str, text: str, readme: Path) -> None:

@@ -22,23 +22,27 @@ from .grids import ClassificationSetup, Run, SegmentationSetup
 class LongTailData:
     train: sar_data.ClassificationDataset
     test: sar_data.ClassificationDataset
+    val: sar_data.ClassificationDataset  # balanced, from training images the tail left out
     counts: list[int]
     groups: dict[str, list[int]]
     source: str
 
 
 def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailData:
-    """Fashion-MNIST-LT (digits if Fashion-MNIST is missing) with a balanced test split."""
+    """Fashion-MNIST-LT (digits if Fashion-MNIST is missing) with balanced test and validation
+    splits; the validation images are training images the long tail left out."""
     images, labels, _, source = sar_data.load_classification_data("fashion-mnist", "train")
     test_images, test_labels, _, _ = sar_data.load_classification_data("fashion-mnist", "test")
     if setup.test_limit is not None:
         test_images, test_labels = test_images[: setup.test_limit], test_labels[: setup.test_limit]
     tail = sar_data.make_long_tailed(labels, factor, seed=setup.data_seed,
-                                     max_count=setup.max_count)
+                                     max_count=setup.max_count, val_per_class=setup.val_per_class)
     train = sar_data.ClassificationDataset(*tail.apply(images, labels), augment=True)
     test = sar_data.ClassificationDataset(test_images, test_labels, train.mean, train.std)
+    val = sar_data.ClassificationDataset(images[tail.val_indices], labels[tail.val_indices],
+                                         train.mean, train.std)
     groups = sar_data.shot_groups(tail.counts, class_order=tail.class_order)
-    return LongTailData(train, test, tail.counts, groups, source)
+    return LongTailData(train, test, val, tail.counts, groups, source)
 
 
 def method_name(run: Run) -> str:
@@ -61,11 +65,13 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     generator = seed_everything(run.seed)
     net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
     model, criterion = methods.build(method_name(run), net, counts=lt.counts,
-                                     **run.options.get("sar_options", {}))
+                                     **run.options.get("method_options", {}))
     loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
                   progress=False, log_every=50)
+    if run.experiment == "tuning":  # knobs are chosen on validation data, never on the test
+        return _validation_row(model, lt, device) | {"imbalance_factor": factor}
     anchors = getattr(model.regularizer, "semantic_anchors", None)
     scores = evaluate(model, DataLoader(lt.test, batch_size=512), num_classes=num_classes,
                       device=device, groups=lt.groups, features=True, anchors=anchors)
@@ -78,6 +84,14 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     row["imbalance_factor"], row["data"] = factor, lt.source
     row["train_size"] = len(lt.train)
     return row
+
+
+def _validation_row(model: torch.nn.Module, lt: LongTailData,
+                    device: torch.device) -> dict[str, Any]:
+    scores = evaluate(model, DataLoader(lt.val, batch_size=512), num_classes=len(lt.counts),
+                      device=device, groups=lt.groups)
+    return {f"val_{key}": scores[key] for key in ("accuracy", "many_accuracy",
+                                                  "medium_accuracy", "few_accuracy")}
 
 
 # --------------------------------------------------------------------------- segmentation
