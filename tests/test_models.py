@@ -110,6 +110,10 @@ def test_classifier_wrapper_taps_the_pooled_feature(name, channels, size):
 def test_classifier_without_linear_head_is_refused():
     with pytest.raises(TypeError, match="head_name"):
         SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(TypeError, match=r"SARClassifier found no linear head in Sequential"
+                       r" \(looked at get_classifier\(\), fc, classifier, heads and head\):"
+                       r" name it with head_name= \(a dotted name such as 'classifier\.1'\)"):
+        SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
 def test_generic_wrapper_with_a_named_head():
