@@ -358,6 +358,14 @@ def _run_in_dtype(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     A half or bf16 classifier thus gives float32 anchor logits; the casts are differentiable,
     so the anchor CE still trains the module's own (half) weights.
     """
+    if type(module) in (nn.Linear, nn.Conv2d):
+        # weights read as attributes: a DataParallel replica holds them as plain attributes,
+        # so named_parameters() would not see them
+        weight = module.weight.to(inputs.dtype)
+        bias = None if module.bias is None else module.bias.to(inputs.dtype)
+        if isinstance(module, nn.Linear):
+            return F.linear(inputs, weight, bias)
+        return module._conv_forward(inputs, weight, bias)  # Conv2d.forward, given weights
     tensors = chain(module.named_parameters(), module.named_buffers())
     cast = {name: t.to(inputs.dtype) for name, t in tensors
             if t.is_floating_point() and t.dtype != inputs.dtype}

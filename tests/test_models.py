@@ -268,17 +268,18 @@ def cpu_replicate(monkeypatch: pytest.MonkeyPatch, model: nn.Module, copies: int
     return module.replicate(model, ["cpu"] * copies)
 
 
-def test_data_parallel_replicas_tap_and_classify_with_their_own_head(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_data_parallel_replicas_tap_and_classify_with_their_own_head(monkeypatch, dtype):
     torch.manual_seed(0)
     # both replicas are inside their heads' forward at once, as they may be under DataParallel
     net = nn.Sequential(OrderedDict(body=nn.Sequential(nn.Linear(5, 8), nn.ReLU()),
                                     before=Rendezvous(2), fc=nn.Linear(8, 3),
                                     after=Rendezvous(2)))
-    model = SARClassifier(net, use_gate=False).train()
+    model = SARClassifier(net, use_gate=False).to(dtype).train()
     initial = copy.deepcopy(model.state_dict())
     replicas = cpu_replicate(monkeypatch, model, 2)
-    inputs = [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0])),
-              (torch.randn(4, 5) + 3.0, torch.tensor([2, 2, 1, 0]))]
+    inputs = [(torch.randn(4, 5, dtype=dtype), torch.tensor([0, 1, 2, 0])),
+              (torch.randn(4, 5, dtype=dtype) + 3.0, torch.tensor([2, 2, 1, 0]))]
     outputs, errors = [None, None], []
 
     def run(j: int) -> None:  # as DataParallel's parallel_apply: one thread per replica
