@@ -44,7 +44,9 @@ class Float32Module(nn.Module):
     so the EMA would stop moving.
     """
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> Float32Module:
         def keep_precision(tensor: torch.Tensor) -> torch.Tensor:
             converted = fn(tensor)
             if _low_precision(converted) and not _low_precision(tensor):
