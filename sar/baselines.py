@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .anchors import etf_anchors
+from .regularizer import Float32Module, check_class_count, check_labels
 
 
 def _flatten_valid(
@@ -41,7 +42,9 @@ def _flatten_valid(
         features = features.movedim(1, -1).reshape(-1, features.shape[1])
     labels = labels.reshape(-1).long()
     valid = labels != ignore_index
-    return features.float(), torch.where(valid, labels, 0), valid
+    # float32 at least, as SAR's pull: half features are upcast, float64 ones are kept
+    features = features.to(torch.promote_types(features.dtype, torch.float32))
+    return features, torch.where(valid, labels, 0), valid
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -57,36 +60,47 @@ class NoRegularizer(nn.Module):
         return {"loss": features.new_zeros((), dtype=torch.float32)}
 
 
-class CenterLoss(nn.Module):
+class CenterLoss(Float32Module):
     """Pull features toward learned class centres ``(C, D)``; the centres move toward features too.
 
     Loss: ``weight * mean over valid positions of mean over D of (f - c_y)^2``, the same scale
     as SAR's pull, but without detaching the centres. The classifier argument is ignored.
+    Features may be of any float dtype; the centres stay float32 under ``.half()`` (see
+    :class:`sar.regularizer.Float32Module`) and the loss is float32.
+
+    Raises:
+        ValueError: for ``num_classes < 2``, an ``ignore_index`` that is a class id, or labels
+            that are neither a class id nor ``ignore_index`` (e.g. -100 with the default 255,
+            which would otherwise index the last class).
     """
 
     def __init__(
         self, num_classes: int, feat_dim: int, weight: float = 0.1, ignore_index: int = 255
     ) -> None:
         super().__init__()
+        check_class_count(num_classes, ignore_index)
         self.centres = nn.Parameter(torch.randn(num_classes, feat_dim))
         self.weight, self.ignore_index = weight, ignore_index
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
     ) -> dict[str, torch.Tensor]:
+        check_labels(labels, len(self.centres), self.ignore_index)
         flat, targets, valid = _flatten_valid(features, labels, self.ignore_index)
         distance = (flat - self.centres[targets]).pow(2).mean(dim=1)
         pull = self.weight * _masked_mean(distance, valid)
         return {"pull": pull, "loss": pull}
 
 
-class PrototypeRegularizer(nn.Module):
+class PrototypeRegularizer(Float32Module):
     """Pull features toward EMA class means of the features themselves (one-way, detached).
 
     Each step the batch mean of every present class updates its prototype (a copy the first
     time the class is seen, then ``m * proto + (1 - m) * batch_mean``); features are then
     pulled toward the prototype of their label with SAR's MSE, for classes already seen.
     Prototypes inherit whatever bias the features have: on long tails, head classes dominate.
+    The prototypes stay float32 under ``.half()``/``.bfloat16()`` (in bf16 the EMA would stop
+    moving) and the loss is float32. Raises ``ValueError`` as :class:`CenterLoss` does.
     """
 
     def __init__(
@@ -98,6 +112,7 @@ class PrototypeRegularizer(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
+        check_class_count(num_classes, ignore_index)
         self.weight, self.momentum, self.ignore_index = weight, momentum, ignore_index
         self.register_buffer("prototypes", torch.zeros(num_classes, feat_dim))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
@@ -105,9 +120,10 @@ class PrototypeRegularizer(nn.Module):
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
     ) -> dict[str, torch.Tensor]:
+        check_labels(labels, len(self.prototypes), self.ignore_index)
         flat, targets, valid = _flatten_valid(features, labels, self.ignore_index)
         if self.training:
-            self._update(flat.detach(), targets, valid)
+            self._update(flat.detach().to(self.prototypes.dtype), targets, valid)
         usable = valid & self.seen[targets]
         distance = (flat - self.prototypes[targets]).pow(2).mean(dim=1)
         pull = self.weight * _masked_mean(distance, usable)

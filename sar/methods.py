@@ -36,7 +36,7 @@ from .baselines import (
     NoRegularizer,
     PrototypeRegularizer,
 )
-from .models import RegularizedModel, SARClassifier, SARSegmentationModel
+from .models import RegularizedModel, SARClassifier, SARSegmentationModel, find_linear_head
 from .regularizer import SemanticAnchorRegularizer
 
 RegularizerFactory = Callable[..., nn.Module]
@@ -64,6 +64,9 @@ def _head_dims(model: nn.Module, head_name: str) -> tuple[int, int]:
         conv = model.segmentation_head[0]
         return conv.out_channels, conv.in_channels
     head = model.get_submodule(head_name)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"model.{head_name} is a {type(head).__name__}, not an nn.Linear head:"
+                        " name the linear layer with head_name=")
     return head.out_features, head.in_features
 
 
@@ -85,19 +88,21 @@ def build(
     *,
     counts: Sequence[int] | None = None,
     tau: float = 1.0,
-    head_name: str = "fc",
+    head_name: str | None = None,
     **options: Any,
 ) -> tuple[RegularizedModel, nn.Module | None]:
     """Wrap ``model`` for the method ``name``; return it and its criterion.
 
     Args:
         name: one of :data:`METHODS`.
-        model: a classifier whose linear head is ``model.<head_name>``, or an smp model.
+        model: a classifier with a linear head (found as :class:`~sar.SARClassifier` finds it,
+            or named by ``head_name``), or an smp model.
             ``"etf"`` replaces the classifier's head in place (classifiers only).
         counts: training samples (or pixels) per class, ``(C,)``; needed by the
             logit-adjusted methods for their log prior.
         tau: strength of the logit adjustment (1.0, Menon et al.).
-        head_name: the classifier's linear head (ignored for smp models).
+        head_name: dotted name of the classifier's linear head, e.g. ``"classifier.1"``
+            (default: found by :func:`~sar.models.find_linear_head`; ignored for smp models).
         **options: keyword arguments of the method's regulariser (e.g. ``trade_off=1.0`` for
             SAR, ``momentum=0.99`` for prototypes) or, for ``"etf"``, of the ETF head.
 
@@ -112,6 +117,8 @@ def build(
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     segmentation = is_segmentation_model(model)
+    if not segmentation and head_name is None:
+        head_name = find_linear_head(model)
     num_classes, feat_dim = _head_dims(model, head_name)
     criterion = _criterion(name, counts, tau, ignore_index=255 if segmentation else -100)
     if name == "etf":

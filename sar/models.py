@@ -1,13 +1,16 @@
 """Wrap segmentation and classification models so they train with SAR (or a baseline).
 
 The wrappers never reimplement a model's forward: they tap the input of its head with a
-forward pre-hook. So any smp architecture (Unet, FPN, DeepLabV3+, ...) or torchvision ResNet
-works unchanged, and in eval mode the wrapper *is* the wrapped model: same call, same logits,
-no hook, no extra cost.
+forward pre-hook. So any smp architecture (Unet, FPN, DeepLabV3+, ...) or torchvision / timm
+classifier works unchanged, and in eval mode the wrapper *is* the wrapped model: same call,
+same logits, no hook, no extra cost. The head is held by its dotted name and looked up at
+every call, so a replaced head is found and ``nn.DataParallel`` replicas use their own.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -29,8 +32,11 @@ class _InputTap:
     def __init__(self, module: nn.Module) -> None:
         self.module, self.value = module, None
 
-    def _record(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.value = args[0]
+    def _record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        # DataParallel replicas share their hook dicts with the original module: record only
+        # this module's call, never a sibling replica's running in another thread
+        if module is self.module:
+            self.value = args[0]
 
     def __enter__(self) -> _InputTap:
         self._handle = self.module.register_forward_pre_hook(self._record)
@@ -40,42 +46,138 @@ class _InputTap:
         self._handle.remove()
 
 
+def _name_in(model: nn.Module, module: nn.Module | str, role: str) -> str:
+    """The dotted name of ``module`` inside ``model`` (a name is checked and returned)."""
+    if isinstance(module, str):
+        _submodule(model, module, role)
+        return module
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError(
+        f"the {role} ({type(module).__name__}) is not a submodule of the model: pass a layer of"
+        " the model itself, or its dotted name (e.g. 'classifier.1'), not a copy"
+    )
+
+
+def _find(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _submodule(model: nn.Module, name: str, role: str) -> nn.Module:
+    module = _find(model, name)
+    if module is None:
+        raise LookupError(
+            f"{type(model).__name__} has no submodule {name!r} (the {role}); if the head was"
+            " renamed or removed after wrapping, wrap the model again after changing its head"
+        )
+    return module
+
+
+def _layer_shape(layer: nn.Module) -> tuple[int | None, int | None]:
+    """(inputs, outputs) of a Linear- or Conv-like layer, else (None, None)."""
+    return (getattr(layer, "in_features", getattr(layer, "in_channels", None)),
+            getattr(layer, "out_features", getattr(layer, "out_channels", None)))
+
+
 class RegularizedModel(nn.Module):
     """A model whose head input is regularised during training.
 
     Args:
         model: the network, left untouched.
-        head: the submodule whose input is the regularised feature.
-        classifier: the layer of the head that produces class logits; handed to the
-            regulariser so the anchor CE trains it (for a plain linear head, the head itself).
+        head: the submodule whose input is the regularised feature, or its dotted name in
+            ``model`` (e.g. ``"classifier.1"``).
+        classifier: the layer of the head that produces class logits (module or dotted name);
+            handed to the regulariser so the anchor CE trains it (for a plain linear head, the
+            head itself).
         regularizer: a module with ``forward(features, labels, classifier) -> dict`` holding a
             ``"loss"`` key: :class:`SemanticAnchorRegularizer` or one of ``sar.baselines``.
 
     ``forward(x)`` in eval mode, or without labels, returns ``model(x)`` exactly.
     ``forward(x, labels)`` in training mode returns ``TrainOutput(logits, losses)``.
+
+    The head and classifier are kept as names and looked up in ``model`` at every call, so a
+    head replaced under the same name is used, and under ``nn.DataParallel`` each replica taps
+    and classifies with its own copy.
+
+    Raises:
+        ValueError: at construction, if ``head`` or ``classifier`` is not a submodule of
+            ``model``.
+        LookupError: if a named submodule no longer exists.
+        RuntimeError: in a call, if the head did not run during ``model(x)`` (bypassed, or
+            replaced under another name), or if the classifier's shape changed since wrapping.
     """
 
     def __init__(
-        self, model: nn.Module, head: nn.Module, classifier: nn.Module, regularizer: nn.Module
+        self,
+        model: nn.Module,
+        head: nn.Module | str,
+        classifier: nn.Module | str,
+        regularizer: nn.Module,
     ) -> None:
         super().__init__()
         self.model, self.regularizer = model, regularizer
-        # plain attributes, not submodules: they already live inside ``model``
-        self.__dict__["head"], self.__dict__["classifier"] = head, classifier
+        # names, not module references: a reference outlives a replaced head, and a
+        # DataParallel replica would share the original's head (its __dict__ is copied)
+        self.head_name = _name_in(model, head, "head")
+        self.classifier_name = _name_in(model, classifier, "classifier")
+        self._classifier_shape = _layer_shape(self.classifier)
+
+    @property
+    def head(self) -> nn.Module:
+        """The submodule whose input is regularised, looked up in ``model`` now."""
+        return _submodule(self.model, self.head_name, "head")
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The layer that produces the logits, looked up in ``model`` now."""
+        return _submodule(self.model, self.classifier_name, "classifier")
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor | TrainOutput:
         if not self.training or labels is None:
             return self.model(x)
+        classifier = self._unchanged_classifier()
         features, logits = self.features_and_logits(x)
-        return TrainOutput(logits, self.regularizer(features, labels, self.classifier))
+        return TrainOutput(logits, self.regularizer(features, labels, classifier))
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input feature (``(B, D)`` or ``(B, D, H, W)``) and the model's output."""
-        with _InputTap(self.head) as tap:
+        head = self.head
+        with _InputTap(head) as tap:
             logits = self.model(x)
+        if tap.value is None:
+            raise RuntimeError(
+                f"the head {self.head_name!r} ({type(head).__name__}) did not run in the model's"
+                " forward, so there is no feature to regularise: was the head replaced under"
+                " another name, or is it bypassed? Wrap the model after changing its head"
+                " (e.g. after timm's reset_classifier), or name the layer that runs"
+            )
         return tap.value, logits
+
+    def _unchanged_classifier(self) -> nn.Module:
+        classifier = self.classifier
+        if _layer_shape(classifier) != self._classifier_shape:
+            was, now = self._classifier_shape, _layer_shape(classifier)
+            raise RuntimeError(
+                f"the classifier {self.classifier_name!r} changed after wrapping: it mapped"
+                f" {was[0]} -> {was[1]} and now maps {now[0]} -> {now[1]}, but the regulariser"
+                " was built for the old one. Wrap the model again after changing its head"
+            )
+        return classifier
+
+    def bare_state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped model's own ``state_dict``, without the regulariser (for deployment).
+
+        ``bare_model.load_state_dict(wrapper.bare_state_dict())`` loads with ``strict=True``;
+        the keys lose the wrapper's ``model.`` prefix. See :func:`bare_state_dict` for a
+        checkpoint file.
+        """
+        return self.model.state_dict()
 
 
 class SARSegmentationModel(RegularizedModel):
@@ -89,6 +191,11 @@ class SARSegmentationModel(RegularizedModel):
         model: an smp model (anything with ``segmentation_head[0]`` a ``Conv2d``).
         regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
             D read from the head.
+
+    Raises:
+        TypeError: for a model without an smp-style ``segmentation_head``.
+        ValueError: for an smp model built with ``aux_params`` (its ``(mask, label)`` output
+            is not supported), or, with SAR, ``classes=1`` (use ``classes=2``).
     """
 
     def __init__(
@@ -102,42 +209,116 @@ class SARSegmentationModel(RegularizedModel):
                 f" Conv2d; got {type(model).__name__}. Use RegularizedModel to name the head and"
                 " classifier yourself."
             )
+        if getattr(model, "classification_head", None) is not None:
+            raise ValueError(
+                "this smp model was built with aux_params, so it returns (mask, label) and"
+                " sar.train.fit cannot train it: build it without aux_params, or wrap it in"
+                " RegularizedModel(model, 'segmentation_head', 'segmentation_head.0', regularizer)"
+                " and write your own loop (logits is then the (mask, label) tuple)"
+            )
         if regularizer is None:
             regularizer = SemanticAnchorRegularizer(conv.out_channels, conv.in_channels,
                                                     **sar_options)
         elif sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, head, conv, regularizer)
+        super().__init__(model, "segmentation_head", "segmentation_head.0", regularizer)
+
+
+def find_linear_head(model: nn.Module) -> str:
+    """The dotted name of a classifier's final ``nn.Linear``, found without being named.
+
+    Looked for, in order: timm's ``get_classifier()``, then ``fc`` (torchvision ResNet,
+    :class:`SmallCNN`), ``classifier`` (EfficientNet, MobileNet, ConvNeXt, VGG, DenseNet),
+    ``heads`` (ViT) and ``head`` (Swin); in a container, its last ``nn.Linear``.
+
+    Raises:
+        TypeError: when none of these holds an ``nn.Linear``.
+    """
+    get_classifier = getattr(model, "get_classifier", None)
+    candidates = [get_classifier()] if callable(get_classifier) else []
+    candidates += [getattr(model, name, None) for name in ("fc", "classifier", "heads", "head")]
+    for candidate in candidates:
+        if isinstance(candidate, nn.Module):
+            linears = [m for m in candidate.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return _name_in(model, linears[-1], "head")
+    raise TypeError(
+        f"SARClassifier found no linear head in {type(model).__name__} (looked at"
+        " get_classifier(), fc, classifier, heads and head): name it with head_name= (a dotted"
+        " name such as 'classifier.1') or use RegularizedModel"
+    )
 
 
 class SARClassifier(RegularizedModel):
-    """An image classifier trained with SAR on the pooled feature that enters its linear head.
+    """An image classifier trained with SAR on the feature that enters its final linear layer.
 
     Args:
-        model: a classifier whose last layer is the linear head named ``head_name`` (``fc`` for
-            torchvision ResNets and :class:`SmallCNN`).
-        regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)``.
+        model: a classifier whose logits come from an ``nn.Linear``: torchvision ResNet,
+            EfficientNet, MobileNet, ConvNeXt, ViT, a timm model, :class:`SmallCNN`, ...
+        regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
+            D read from the linear layer.
+        head_name: dotted name of that linear layer (``"fc"``, ``"classifier.1"``,
+            ``"heads.head"``); ``None`` finds it (see :func:`find_linear_head`).
+
+    The regularised feature is the input of the linear layer, ``(B, D)``: for heads such as
+    ``classifier = Sequential(Dropout, Linear)`` it is taken after the Dropout, so in training
+    mode it is the dropped-out feature the classifier actually sees.
+
+    Raises:
+        TypeError: when the head is not found or is not an ``nn.Linear``.
     """
 
     def __init__(
         self,
         model: nn.Module,
         regularizer: nn.Module | None = None,
-        head_name: str = "fc",
+        head_name: str | None = None,
         **sar_options: Any,
     ) -> None:
-        head = getattr(model, head_name, None)
+        if head_name is None:
+            head_name = find_linear_head(model)
+        head = _find(model, head_name)
         if not isinstance(head, nn.Linear):
+            found = "no such submodule" if head is None else type(head).__name__
             raise TypeError(
-                f"SARClassifier needs model.{head_name} to be an nn.Linear head, got"
-                f" {type(head).__name__}; name the head with head_name= or use RegularizedModel"
+                f"SARClassifier needs model.{head_name} to be an nn.Linear head, found {found};"
+                " name the head with head_name= (a dotted name such as 'classifier.1') or use"
+                " RegularizedModel"
             )
         if regularizer is None:
             regularizer = SemanticAnchorRegularizer(head.out_features, head.in_features,
                                                     **sar_options)
         elif sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, head, head, regularizer)
+        super().__init__(model, head_name, head_name, regularizer)
+
+
+def bare_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """The bare model's ``state_dict`` from a wrapper's state or a ``sar.train`` checkpoint.
+
+    ``net.load_state_dict(bare_state_dict("run/checkpoint.pt"))`` loads a checkpoint written
+    by :func:`sar.train.fit` / ``save_checkpoint`` into the plain model (e.g. the smp model
+    you deploy), with ``strict=True``: the ``model.`` prefix is removed and the regulariser's
+    ``regularizer.*`` entries are dropped.
+
+    Args:
+        checkpoint: a checkpoint file path, its loaded dict (with a ``"model"`` entry), or a
+            :class:`RegularizedModel`'s ``state_dict``.
+
+    Raises:
+        ValueError: if it holds no ``model.*`` entry (not a wrapper's state).
+    """
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint)
+    bare = {key.removeprefix("model."): value for key, value in state.items()
+            if key.startswith("model.")}
+    if not bare:
+        raise ValueError(
+            "no 'model.' entries: this is not the state of a RegularizedModel (SARClassifier,"
+            " SARSegmentationModel); a bare model's state_dict loads as it is"
+        )
+    return bare
 
 
 # ----------------------------------------------------------------------------- factories

@@ -7,17 +7,20 @@ that opens once every anchor is confidently classified, an EMA of the projected 
 
 What differs from the original is engineering only: the classifier is handed in explicitly,
 the same loss keys come back on every step, the gate and the EMA stay on the device (no host
-sync), and the anchor branch runs in float32 under autocast.
+sync), and the anchor branch, the EMA and the pull compute in float32 (or float64) under
+autocast and in a model converted with ``.half()`` / ``.bfloat16()``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from .anchors import make_anchors
 from .labels import class_labels
@@ -26,6 +29,58 @@ Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
 PULL_DISTANCES = ("mse", "cosine")
 LOSS_KEYS = ("anchor_ce", "pull", "loss", "gate_passed", "gate_opened", "anchor_accuracy",
              "min_anchor_prob")
+
+
+def _low_precision(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and tensor.element_size() < 4
+
+
+class Float32Module(nn.Module):
+    """A module whose floating parameters and buffers never drop below float32.
+
+    ``.half()``, ``.bfloat16()``, ``.to(torch.float16)`` and the same calls on a model that
+    holds this module still move it between devices but keep its dtype (float32, or float64
+    after ``.double()``). A regulariser's state must not round: in fp16 the ``1e-9`` of the
+    anchor-CE weights underflows to 0, and in bf16 ``0.999 * x + 0.001 * y`` rounds back to x,
+    so the EMA would stop moving.
+    """
+
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> Float32Module:
+        def keep_precision(tensor: torch.Tensor) -> torch.Tensor:
+            converted = fn(tensor)
+            if _low_precision(converted) and not _low_precision(tensor):
+                return tensor.to(converted.device)  # follow the device, not the dtype
+            return converted
+
+        return super()._apply(keep_precision, recurse)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise ``ValueError`` unless every label is a class id or ``ignore_index`` (host sync)."""
+    in_range = (labels >= 0) & (labels < num_classes) | (labels == ignore_index)
+    if not bool(in_range.all()):
+        bad = labels[~in_range].unique()[:10].tolist()
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index};"
+            f" found {bad}"
+        )
+
+
+def check_class_count(num_classes: int, ignore_index: int) -> None:
+    """Refuse fewer than two classes and an ``ignore_index`` that is a class id."""
+    if num_classes < 2:
+        raise ValueError(
+            f"num_classes must be >= 2, got {num_classes}: for a binary task use two classes"
+            " (background and object) with cross-entropy, e.g. an smp model with classes=2 and"
+            " masks of 0/1, instead of one logit with a sigmoid"
+        )
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index={ignore_index} is a real class id with num_classes={num_classes};"
+            " pass an ignore_index outside [0, num_classes), e.g. -100"
+        )
 
 
 def build_projector(dim: int) -> nn.Sequential:
@@ -41,7 +96,7 @@ def build_projector(dim: int) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-class SemanticAnchorRegularizer(nn.Module):
+class SemanticAnchorRegularizer(Float32Module):
     """Pull features toward class anchors that the task's own classifier has learnt to classify.
 
     Args:
@@ -75,7 +130,15 @@ class SemanticAnchorRegularizer(nn.Module):
         labels: ``(B,)``, or ``(B, h, w)`` / ``(B, 1, h, w)`` at any resolution; resized to
             ``(H, W)`` by nearest neighbour.
         classifier: ``nn.Linear(D, C)``, ``nn.Conv2d(D, C, k)`` with odd k and padding ``k // 2``
-            (applied to a 1x1 map), or a callable mapping ``(C, D) -> (C, C)`` logits.
+            (applied to a 1x1 map), another module, or a callable mapping ``(C, D) -> (C, C)``
+            logits. A module runs with its weights cast to the regulariser's dtype, so a half
+            classifier gives float32 anchor logits (gradients still reach its half weights); a
+            plain callable is given float32 (C, D) anchors.
+
+    Dtypes: features, and the classifier's weights, may be float16, bfloat16, float32 or
+    float64. The anchors, projector, EMA, gate and losses stay float32 whatever the module is
+    converted to (see :class:`Float32Module`; ``.double()`` is kept), so the returned losses
+    are float32 and ``task_loss + out["loss"]`` is float32 even when the task loss is half.
 
     Returns:
         A dict with the same keys on every call (:data:`LOSS_KEYS`), all 0-dim tensors:
@@ -108,19 +171,13 @@ class SemanticAnchorRegularizer(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_class_count(num_classes, ignore_index)
         if distance not in PULL_DISTANCES:
             raise ValueError(f"distance must be one of {PULL_DISTANCES}, got {distance!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not 0.0 < update_conf < 1.0:
             raise ValueError(f"update_conf must be in (0, 1), got {update_conf}")
-        if 0 <= ignore_index < num_classes:
-            raise ValueError(
-                f"ignore_index={ignore_index} is a real class id with num_classes={num_classes};"
-                " pass an ignore_index outside [0, num_classes), e.g. -100"
-            )
         if filter_conf <= 0.0:
             raise ValueError(f"filter_conf must be > 0, got {filter_conf}")
         self.num_classes, self.feat_dim = num_classes, feat_dim
@@ -175,7 +232,7 @@ class SemanticAnchorRegularizer(nn.Module):
 
     # ------------------------------------------------------------------------ anchor branch
     def _classify(self, classifier: Classifier, projected: torch.Tensor) -> torch.Tensor:
-        """Logits ``(C, C)`` of the task classifier on the projected anchors ``(C, D)``."""
+        """Logits ``(C, C)``, in the projector's dtype, of the classifier on the anchors."""
         if isinstance(classifier, nn.Conv2d):
             centred = classifier.padding == "same" or classifier.padding == tuple(
                 k // 2 for k in classifier.kernel_size)
@@ -185,9 +242,12 @@ class SemanticAnchorRegularizer(nn.Module):
                     f" {classifier.padding}) cannot map a 1x1 anchor to 1x1 logits;"
                     " SAR needs an odd kernel with padding = kernel_size // 2"
                 )
-            logits = classifier(projected[:, :, None, None]).flatten(1)
+            logits = _run_in_dtype(classifier, projected[:, :, None, None]).flatten(1)
+        elif isinstance(classifier, nn.Module):
+            logits = _run_in_dtype(classifier, projected)
         else:
             logits = classifier(projected)
+        logits = logits.to(projected.dtype)  # a callable may answer in its own dtype
         if logits.shape != (self.num_classes, self.num_classes):
             raise ValueError(
                 f"the classifier must map (C, D) = {tuple(projected.shape)} anchors to"
@@ -284,15 +344,29 @@ class SemanticAnchorRegularizer(nn.Module):
         return labels.long()
 
     def _check_values(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        in_range = (labels >= 0) & (labels < self.num_classes) | (labels == self.ignore_index)
-        if not bool(in_range.all()):
-            bad = labels[~in_range].unique()[:10].tolist()
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}) or equal ignore_index="
-                f"{self.ignore_index}; found {bad}"
-            )
+        check_labels(labels, self.num_classes, self.ignore_index)
         if not bool(torch.isfinite(features).all()):
             raise FloatingPointError(
                 "features contain NaN or Inf: the network diverged or the input has non-finite"
                 " values (check the learning rate and the data)"
             )
+
+
+def _run_in_dtype(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``module(inputs)`` with its floating weights cast to ``inputs.dtype``.
+
+    A half or bf16 classifier thus gives float32 anchor logits; the casts are differentiable,
+    so the anchor CE still trains the module's own (half) weights.
+    """
+    if type(module) in (nn.Linear, nn.Conv2d):
+        # weights read as attributes: a DataParallel replica holds them as plain attributes,
+        # so named_parameters() would not see them
+        weight = module.weight.to(inputs.dtype)
+        bias = None if module.bias is None else module.bias.to(inputs.dtype)
+        if isinstance(module, nn.Linear):
+            return F.linear(inputs, weight, bias)
+        return module._conv_forward(inputs, weight, bias)  # Conv2d.forward, given weights
+    tensors = chain(module.named_parameters(), module.named_buffers())
+    cast = {name: t.to(inputs.dtype) for name, t in tensors
+            if t.is_floating_point() and t.dtype != inputs.dtype}
+    return functional_call(module, cast, (inputs,)) if cast else module(inputs)

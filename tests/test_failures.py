@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sar import data as sar_data
 from sar import distributed
-from sar.models import SARSegmentationModel, build_smp_model
+from sar.baselines import CenterLoss, PrototypeRegularizer
+from sar.models import SARSegmentationModel, bare_state_dict, build_smp_model
 from sar.regularizer import SemanticAnchorRegularizer
 from sar.train import fit, load_checkpoint, main
 
@@ -105,6 +106,16 @@ def test_labels_out_of_range() -> None:
         quiet_fit(SARSegmentationModel(tiny_net()), loader(images, masks))
 
 
+def test_labels_out_of_range_with_a_baseline() -> None:
+    """-100 (PyTorch's ignore value) where the baseline ignores 255: it indexed the last class."""
+    images, masks = masks_and_images()
+    masks[0, :4] = -100
+    for baseline in (CenterLoss(C, 8), PrototypeRegularizer(C, 8)):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) or equal"
+                           r" ignore_index=255; found \[-100\]"):
+            quiet_fit(SARSegmentationModel(tiny_net(), baseline), loader(images, masks))
+
+
 def test_a_batch_of_only_ignored_labels_is_not_an_error() -> None:
     images, masks = masks_and_images()
     masks[2:] = 255  # the second batch has no labelled pixel
@@ -159,11 +170,77 @@ def test_conv_head_whose_padding_shrinks_a_1x1_anchor() -> None:
         quiet_fit(SARSegmentationModel(net), loader(*masks_and_images()))
 
 
+def test_head_replaced_with_another_shape_after_wrapping() -> None:
+    net = tiny_net()
+    model = SARSegmentationModel(net)
+    net.segmentation_head[0] = nn.Conv2d(8, C + 1, 3, padding=1)  # e.g. one more class
+    with pytest.raises(RuntimeError, match=r"the classifier 'segmentation_head\.0' changed after"
+                       r" wrapping: it mapped 8 -> 3 and now maps 8 -> 4, but the regulariser"
+                       r" was built for the old one\. Wrap the model again after changing its"
+                       r" head"):
+        quiet_fit(model, loader(*masks_and_images()))
+
+
+def test_head_that_does_not_run() -> None:
+    """A head left in the model but no longer called by its forward (bypassed)."""
+    net = tiny_net()
+    model = SARSegmentationModel(net)
+    net.forward = lambda x: net.segmentation_head[0](net.decoder(net.encoder(x)))
+    with pytest.raises(RuntimeError, match=r"the head 'segmentation_head' \(SegmentationHead\)"
+                       r" did not run in the model's forward, so there is no feature to"
+                       r" regularise: was the head replaced under another name, or is it"
+                       r" bypassed\? Wrap the model after changing its head"):
+        quiet_fit(model, loader(*masks_and_images()))
+
+
+# -------------------------------------------------------------------- the kind of model
+def test_binary_segmentation_with_one_class() -> None:
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2, got 1: for a binary task use"
+                       r" two classes \(background and object\) with cross-entropy, e\.g\. an"
+                       r" smp model with classes=2 and masks of 0/1, instead of one logit with a"
+                       r" sigmoid"):
+        SARSegmentationModel(tiny_net(num_classes=1))
+
+
+def test_smp_model_with_aux_params() -> None:
+    net = build_smp_model("Unet", "resnet18", num_classes=C, encoder_depth=3,
+                          decoder_channels=(16, 8, 8), aux_params={"classes": C})
+    with pytest.raises(ValueError, match=r"this smp model was built with aux_params, so it"
+                       r" returns \(mask, label\) and sar\.train\.fit cannot train it: build"
+                       r" it without aux_params"):
+        SARSegmentationModel(net)
+
+
+def test_a_checkpoint_loads_into_the_bare_model(tmp_path: Path) -> None:
+    """Deployment: the checkpoint holds the wrapper's keys; bare_state_dict gives the model's."""
+    ckpt = tmp_path / "seg.pt"
+    model = SARSegmentationModel(tiny_net())
+    quiet_fit(model, loader(*masks_and_images()), checkpoint=ckpt)
+    bare = tiny_net()
+    payload = torch.load(ckpt, weights_only=True)
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key\(s\) in state_dict:"
+                       r" \"encoder\.conv1\.weight\".*Unexpected key\(s\) in state_dict:"
+                       r" \"model\.encoder\.conv1\.weight\""):
+        bare.load_state_dict(payload["model"])
+    bare.load_state_dict(bare_state_dict(ckpt), strict=True)
+    x = masks_and_images(seed=1)[0]
+    with torch.no_grad():
+        assert torch.equal(bare.eval()(x), model.eval()(x))
+    for state in (payload, payload["model"], model.state_dict()):
+        assert bare_state_dict(state).keys() == model.bare_state_dict().keys()
+    with pytest.raises(ValueError, match=r"no 'model\.' entries: this is not the state of a"
+                       r" RegularizedModel"):
+        bare_state_dict(bare.state_dict())
+
+
 # -------------------------------------------------------------------------- ignore_index
 def test_ignore_index_that_is_a_class_id() -> None:
     with pytest.raises(ValueError, match=r"ignore_index=0 is a real class id with num_classes=3;"
                        r" pass an ignore_index outside \[0, num_classes\), e\.g\. -100"):
         SARSegmentationModel(tiny_net(), ignore_index=0)
+    for baseline in (CenterLoss, PrototypeRegularizer):  # the baselines refuse it the same way
+        with pytest.raises(ValueError, match=r"ignore_index=0 is a real class id"):
+            baseline(C, 8, ignore_index=0)
     # fit's default loss checks it too, for a model without SAR with >= 256 classes
     with pytest.raises(ValueError, match=r"ignore_index=255 is a class id of this 300-class"
                        r" model, so the loss would skip that class: pass ignore_index=-100"):

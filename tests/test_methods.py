@@ -77,3 +77,13 @@ def test_segmentation_methods_wrap_smp_models(name):
 def test_etf_refuses_segmentation_models():
     with pytest.raises(ValueError, match="classifiers"):
         methods.build("etf", build_smp_model("Unet", "resnet18", 3))
+
+
+def test_a_head_inside_a_container_is_found_or_named():
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=4)
+    model, _ = methods.build("sar", net)
+    assert model.regularizer.num_classes == 4 and model.head is net.classifier[3]
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        methods.build("sar", net, head_name="classifier")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
+import threading
+from collections import OrderedDict
+
 import pytest
 import torch
+import torchvision.models as tv
 from torch import nn
 
 from sar import (
+    CenterLoss,
     NoRegularizer,
     PrototypeRegularizer,
     RegularizedModel,
@@ -103,6 +110,10 @@ def test_classifier_wrapper_taps_the_pooled_feature(name, channels, size):
 def test_classifier_without_linear_head_is_refused():
     with pytest.raises(TypeError, match="head_name"):
         SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(TypeError, match=r"SARClassifier found no linear head in Sequential"
+                       r" \(looked at get_classifier\(\), fc, classifier, heads and head\):"
+                       r" name it with head_name= \(a dotted name such as 'classifier\.1'\)"):
+        SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
 def test_generic_wrapper_with_a_named_head():
@@ -116,3 +127,203 @@ def test_generic_wrapper_with_a_named_head():
 def test_build_classifier_rejects_unknown_names():
     with pytest.raises(ValueError, match="small_cnn"):
         build_classifier("vgg11")
+
+
+# ----------------------------------------------------------- heads that are not a top-level fc
+def tiny_vit(num_classes: int) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                             hidden_dim=16, mlp_dim=32, num_classes=num_classes)
+
+
+def timm_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+HEADS = {  # model -> the dotted name of its final Linear
+    "mobilenet_v3_small": (lambda c: tv.mobilenet_v3_small(weights=None, num_classes=c),
+                           "classifier.3"),
+    "efficientnet_b0": (lambda c: tv.efficientnet_b0(weights=None, num_classes=c),
+                        "classifier.1"),
+    "convnext_tiny": (lambda c: tv.convnext_tiny(weights=None, num_classes=c), "classifier.2"),
+    "vit": (tiny_vit, "heads.head"),
+    "timm_resnet18": (lambda c: timm_model("resnet18", c), "fc"),
+    "timm_vit": (lambda c: timm_model("vit_tiny_patch16_224", c, img_size=32, patch_size=8,
+                                      depth=1), "head"),
+}
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("named", [False, True], ids=["found", "dotted_name"])
+def test_classifier_head_inside_a_container_is_found_or_named(name, named):
+    build, head_name = HEADS[name]
+    torch.manual_seed(0)
+    net = build(4)
+    model = SARClassifier(net, head_name=head_name if named else None).train()
+    head = net.get_submodule(head_name)
+    assert model.head_name == head_name and model.classifier is head
+    assert model.regularizer.feat_dim == head.in_features
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    out = model(x, y)
+    assert out.logits.shape == (2, 4) and tuple(out.losses) == LOSS_KEYS
+    out.losses["anchor_ce"].backward()
+    assert head.weight.grad.abs().sum() > 0
+    features, _ = model.eval().features_and_logits(x)
+    assert features.shape == (2, head.in_features)
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))
+
+
+def test_a_dotted_head_name_that_is_not_linear_names_what_it_found():
+    net = tv.efficientnet_b0(weights=None, num_classes=4)
+    with pytest.raises(TypeError, match=r"model\.classifier\.0 to be an nn\.Linear head, found"
+                       r" Dropout"):
+        SARClassifier(net, head_name="classifier.0")
+    with pytest.raises(TypeError, match=r"model\.classifier\.7 to be an nn\.Linear head, found"
+                       r" no such submodule"):
+        SARClassifier(net, head_name="classifier.7")
+
+
+# --------------------------------------------------------------- the head changed after wrapping
+def test_a_head_replaced_under_the_same_name_is_used():
+    net = build_classifier("small_cnn", num_classes=3)
+    model = SARClassifier(net).train()
+    net.fc = nn.Linear(net.fc.in_features, 3)  # same shape: the new head is tapped and trained
+    out = model(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 0]))
+    out.losses["anchor_ce"].backward()
+    assert model.classifier is net.fc and net.fc.weight.grad is not None
+
+
+def test_a_head_replaced_with_another_shape_is_refused():
+    net = timm_model("resnet18", 10)
+    model = SARClassifier(net).train()
+    net.reset_classifier(4)
+    with pytest.raises(RuntimeError, match=r"the classifier 'fc' changed after wrapping: it"
+                       r" mapped 512 -> 10 and now maps 512 -> 4, but the regulariser was built"
+                       r" for the old one\. Wrap the model again after changing its head"):
+        model(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+
+
+class TwoHeads(nn.Module):
+    """A body and two linear heads; ``forward`` uses ``use``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+        self.fc, self.new_fc, self.use = nn.Linear(8, 3), nn.Linear(8, 3), "fc"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.use)(self.body(x))
+
+
+def test_a_head_that_does_not_run_is_named_in_the_error():
+    net = TwoHeads()
+    model = SARClassifier(net).train()
+    net.use = "new_fc"  # e.g. a head swapped in under another name after wrapping
+    with pytest.raises(RuntimeError, match=r"the head 'fc' \(Linear\) did not run in the"
+                       r" model's forward, so there is no feature to regularise: .*Wrap the"
+                       r" model after changing its head"):
+        model(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    del net.fc
+    with pytest.raises(LookupError, match=r"TwoHeads has no submodule 'fc' \(the classifier\);"
+                       r" if the head was renamed or removed after wrapping, wrap the model"):
+        model(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+
+
+def test_a_head_outside_the_model_is_refused():
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"the classifier \(Linear\) is not a submodule of the"
+                       r" model: pass a layer of the model itself, or its dotted name"):
+        RegularizedModel(net, net[2], nn.Linear(8, 3), NoRegularizer())
+
+
+# -------------------------------------------------------------------------- nn.DataParallel
+class Rendezvous(nn.Module):
+    """Holds each caller until ``parties`` have arrived (a barrier shared by the replicas)."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=20)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.barrier.wait()
+        return x
+
+
+def cpu_replicate(monkeypatch: pytest.MonkeyPatch, model: nn.Module, copies: int) -> list:
+    """``torch.nn.parallel.replicate`` on the CPU: only its CUDA broadcast becomes a clone.
+
+    The replicas are built by PyTorch's own code, so they share ``__dict__`` entries and
+    hook dicts with the original exactly as DataParallel's do.
+    """
+    module = importlib.import_module("torch.nn.parallel.replicate")
+    monkeypatch.setattr(module, "_get_device_index", lambda device, optional=False: 0)
+    monkeypatch.setattr(module, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [
+                            [t.detach().clone() if detach else t.clone() for t in tensors]
+                            for _ in devices])
+    return module.replicate(model, ["cpu"] * copies)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_data_parallel_replicas_tap_and_classify_with_their_own_head(monkeypatch, dtype):
+    torch.manual_seed(0)
+    # both replicas are inside their heads' forward at once, as they may be under DataParallel
+    net = nn.Sequential(OrderedDict(body=nn.Sequential(nn.Linear(5, 8), nn.ReLU()),
+                                    before=Rendezvous(2), fc=nn.Linear(8, 3),
+                                    after=Rendezvous(2)))
+    model = SARClassifier(net, use_gate=False).to(dtype).train()
+    initial = copy.deepcopy(model.state_dict())
+    replicas = cpu_replicate(monkeypatch, model, 2)
+    inputs = [(torch.randn(4, 5, dtype=dtype), torch.tensor([0, 1, 2, 0])),
+              (torch.randn(4, 5, dtype=dtype) + 3.0, torch.tensor([2, 2, 1, 0]))]
+    outputs, errors = [None, None], []
+
+    def run(j: int) -> None:  # as DataParallel's parallel_apply: one thread per replica
+        try:
+            outputs[j] = replicas[j](*inputs[j])
+        except Exception as error:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    for meeting in (model.model.before, model.model.after):
+        meeting.barrier = threading.Barrier(1)  # the reference runs alone
+    for j, replica in enumerate(replicas):
+        assert replica.classifier is replica.model.fc is not model.model.fc
+        model.load_state_dict(initial)  # each replica started from this state
+        expected = model(*inputs[j])
+        for key in ("anchor_ce", "pull"):
+            assert torch.allclose(outputs[j].losses[key], expected.losses[key]), (j, key)
+    sum(out.losses["loss"] for out in outputs).backward()
+    assert model.model.fc.weight.grad.abs().sum() > 0  # through the replicas' copies
+
+
+# ------------------------------------------------------------------ half-precision models
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("regularizer", ["sar", "prototypes", "center_loss"])
+def test_a_converted_model_keeps_its_regularizer_in_float32(dtype, regularizer):
+    torch.manual_seed(0)
+    net = build_classifier("small_cnn", num_classes=3, width=8, feat_dim=16)
+    made = {"sar": None, "prototypes": PrototypeRegularizer(3, 16),
+            "center_loss": CenterLoss(3, 16)}[regularizer]
+    model = SARClassifier(net, made).to(dtype).train()
+    state = [*model.regularizer.parameters(), *model.regularizer.buffers()]
+    assert {t.dtype for t in state if t.is_floating_point()} == {torch.float32}
+    assert net.fc.weight.dtype == dtype
+    x, y = torch.randn(4, 1, 28, 28, dtype=dtype), torch.tensor([0, 1, 2, 0])
+    logits, losses = model(x, y)
+    task = nn.functional.cross_entropy(logits, y)
+    total = task + losses["loss"]  # half + float32: float32, no precision lost in the sum
+    assert task.dtype == dtype and losses["loss"].dtype == total.dtype == torch.float32
+    assert torch.isfinite(total)
+    total.backward()
+    assert net.fc.weight.grad.dtype == dtype and torch.isfinite(net.fc.weight.grad).all()

@@ -313,3 +313,88 @@ def test_mismatched_classifier_raises(classifier, match):
 def test_bad_options_raise(options, match):
     with pytest.raises(ValueError, match=match):
         SemanticAnchorRegularizer(C, D, **options)
+
+
+# ------------------------------------------------------------------------ half precision
+LOW_PRECISION = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
+                                        ids=["fp16", "bf16"])
+CONVERSIONS = {
+    "half()": lambda m: m.half(),
+    "bfloat16()": lambda m: m.bfloat16(),
+    "to(float16)": lambda m: m.to(torch.float16),
+    "to(cpu, bfloat16)": lambda m: m.to("cpu", torch.bfloat16),
+    "parent.half()": lambda m: nn.Sequential(m).half()[0],
+}
+
+
+def float_dtypes(module: nn.Module) -> set[torch.dtype]:
+    tensors = [*module.parameters(), *module.buffers()]
+    return {t.dtype for t in tensors if t.is_floating_point()}
+
+
+@pytest.mark.parametrize("convert", CONVERSIONS.values(), ids=CONVERSIONS.keys())
+def test_converting_to_low_precision_keeps_the_state_in_float32(convert):
+    reg = SemanticAnchorRegularizer(C, D)
+    anchors = reg.anchors.clone()
+    reg = convert(reg)
+    assert float_dtypes(reg) == {torch.float32}
+    assert torch.equal(reg.anchors, anchors)  # not rounded through half on the way
+    assert reg.gate_opened.dtype == torch.bool and reg.num_updates.dtype == torch.long
+    assert float_dtypes(make_regularizer()) == {torch.float64}  # .double() is kept
+
+
+def low_precision_setup(dtype: torch.dtype, scale: float):
+    """A float32 regulariser, then it, the head and the features converted to ``dtype``."""
+    torch.manual_seed(0)
+    reg = SemanticAnchorRegularizer(C, D).train()
+    head = confident_classifier(reg.double(), scale).float()
+    reg.float()
+    features = torch.rand(8, D)
+    labels = torch.arange(8) % C
+    return reg, head, features, labels, (reg.to(dtype), head.to(dtype), features.to(dtype))
+
+
+@LOW_PRECISION
+def test_low_precision_model_gives_the_float32_losses(dtype):
+    """Every anchor confident: in fp16 the 1e-9 of the weights underflowed and gave NaN."""
+    reg, head, features, labels, (low_reg, low_head, low_features) = low_precision_setup(
+        dtype, 40.0)
+    out = low_reg(low_features, labels, low_head)
+    assert out["gate_passed"].item() == 1.0 and out["anchor_ce"].item() == 0.0
+    assert all(value.dtype == torch.float32 for value in out.values())
+    reference = SemanticAnchorRegularizer(C, D).train()  # float32 twin on the rounded inputs
+    reference.load_state_dict(reg.state_dict())
+    reference.semantic_anchors.zero_()
+    reference.gate_opened.zero_()
+    expected = reference(low_features.float(), labels, low_head.float())
+    for key in ("anchor_ce", "pull", "loss", "min_anchor_prob"):
+        assert out[key].item() == pytest.approx(expected[key].item(), rel=1e-5, abs=1e-7), key
+
+
+@LOW_PRECISION
+def test_low_precision_model_keeps_the_ema_moving(dtype):
+    """In bf16, 0.999 * x + 0.001 * y rounded back to x: the semantic anchors froze."""
+    _, _, _, labels, (reg, head, features) = low_precision_setup(dtype, 40.0)
+    reg(features, labels, head)  # the first passing step copies z
+    first = reg.semantic_anchors.clone()
+    with torch.no_grad():
+        reg.projector[0].weight.add_(0.01 * torch.randn_like(reg.projector[0].weight))
+        z = reg.projector(reg.anchors)
+    assert reg(features, labels, head)["gate_passed"].item() == 1.0
+    assert reg.semantic_anchors.dtype == torch.float32
+    assert torch.allclose(reg.semantic_anchors, 0.999 * first + 0.001 * z, rtol=0, atol=1e-6)
+    assert not torch.equal(reg.semantic_anchors, first)
+
+
+@LOW_PRECISION
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_low_precision_classifier_is_trained_through_float32_logits(dtype, kind):
+    torch.manual_seed(0)
+    reg = SemanticAnchorRegularizer(C, D).train()  # left float32: only the head is converted
+    head = (nn.Linear(D, C) if kind == "linear" else nn.Conv2d(D, C, 3, padding=1)).to(dtype)
+    shape = (2, D) if kind == "linear" else (2, D, 3, 3)
+    labels = torch.zeros(shape[:1] + shape[2:], dtype=torch.long)
+    out = reg(torch.rand(shape, dtype=dtype), labels, head)
+    assert out["anchor_ce"].dtype == torch.float32
+    out["anchor_ce"].backward()
+    assert head.weight.grad.dtype == dtype and head.weight.grad.abs().sum() > 0
