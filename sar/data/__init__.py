@@ -16,8 +16,19 @@ Four groups of helpers live here.
   semantic-segmentation benchmark built from real Fashion-MNIST items with pixel-exact masks.
 * **Real segmentation sets on disk.** :class:`SegmentationFolder` (ADE20K-style folders),
   :func:`pascal_voc` and the joint :class:`SegmentationTransform`; 255 stays the ignore label.
+  The paper's benchmarks in their standard layouts: :func:`cityscapes` (19 train ids),
+  :func:`ade20k` (150 classes) and :func:`pascal_context` (59 classes).
 """
 
+from .benchmarks import (
+    BENCHMARK_NUM_CLASSES,
+    ade20k,
+    benchmark_dataset,
+    cityscapes,
+    cityscapes_classes,
+    cityscapes_train_ids,
+    pascal_context,
+)
 from .classification import ClassificationDataset
 from .constants import (
     CIFAR10_CLASSES,
@@ -45,6 +56,7 @@ from .sources import (
 )
 
 __all__ = [
+    "BENCHMARK_NUM_CLASSES",
     "CIFAR10_CLASSES",
     "ClassificationDataset",
     "DATA_DIR_ENV",
@@ -61,6 +73,11 @@ __all__ = [
     "SceneItem",
     "SegmentationFolder",
     "SegmentationTransform",
+    "ade20k",
+    "benchmark_dataset",
+    "cityscapes",
+    "cityscapes_classes",
+    "cityscapes_train_ids",
     "fashion_mnist_search_dirs",
     "find_fashion_mnist",
     "item_alpha",
@@ -72,6 +89,7 @@ __all__ = [
     "long_tail_weights",
     "make_fashion_scenes",
     "make_long_tailed",
+    "pascal_context",
     "pascal_voc",
     "read_idx",
     "scene_class_probs",

@@ -64,6 +64,12 @@ class SegmentationTransform:
     ``(h, w)`` window, padding image with 0 and mask with ``ignore_index`` when it is too small;
     ``hflip`` flips half the pairs. Randomness comes from torch's global RNG. ``mean=None``
     skips normalisation.
+
+    ``max_size`` caps the longer side when ``size`` is an int (torchvision's
+    ``Resize(max_size=)``): ``size=512, max_size=2048`` is mmsegmentation's keep-ratio
+    ``Resize(img_scale=(2048, 512))``. ``scale_range=(lo, hi)`` then multiplies both sides by a
+    ratio drawn uniformly from ``[lo, hi]`` (mmsegmentation's ``ratio_range``; without ``size``
+    the ratio applies to the image's own size), before the crop.
     """
 
     def __init__(
@@ -74,8 +80,16 @@ class SegmentationTransform:
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
         ignore_index: int = IGNORE_INDEX,
+        max_size: int | None = None,
+        scale_range: Sequence[float] | None = None,
     ) -> None:
+        if max_size is not None and not isinstance(size, int):
+            raise ValueError(f"max_size caps the longer side after an int size; got size={size!r}")
+        if scale_range is not None and not 0 < float(scale_range[0]) <= float(scale_range[1]):
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {scale_range}")
         self.size, self.crop, self.hflip = size, crop, hflip
+        self.max_size = max_size
+        self.scale_range = None if scale_range is None else tuple(map(float, scale_range))
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.ignore_index = ignore_index
@@ -84,7 +98,7 @@ class SegmentationTransform:
         x, y = _image_to_tensor(image), _mask_to_tensor(mask)
         if x.shape[-2:] != y.shape:
             raise ValueError(f"image size {tuple(x.shape[-2:])} != mask size {tuple(y.shape)}")
-        if self.size is not None:
+        if self.size is not None or self.scale_range is not None:
             x, y = self._resize(x, y)
         if self.crop is not None:
             x, y = self._random_crop(x, y, *_pair(self.crop))
@@ -96,11 +110,19 @@ class SegmentationTransform:
 
     def _resize(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         h, w = x.shape[-2:]
+        pair = self.size is not None and not isinstance(self.size, int)
+        out_h, out_w = _pair(self.size) if pair else (h, w)
+        scale = 1.0
         if isinstance(self.size, int):
             scale = self.size / min(h, w)
-            out = (max(1, round(h * scale)), max(1, round(w * scale)))
-        else:
-            out = _pair(self.size)
+            if self.max_size is not None:
+                scale = min(scale, self.max_size / max(h, w))
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            scale *= lo + (hi - lo) * float(torch.rand(()))
+        out = (max(1, round(out_h * scale)), max(1, round(out_w * scale)))
+        if out == (h, w):
+            return x, y
         x = F.interpolate(x[None], size=out, mode="bilinear", align_corners=False, antialias=True)
         y = F.interpolate(y[None, None].float(), size=out, mode="nearest")
         return x[0], y[0, 0].long()

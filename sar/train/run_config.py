@@ -18,7 +18,8 @@ from ..models import SARSegmentationModel, build_smp_model
 from .checkpoint import PathLike
 
 # ------------------------------------------------------------------------- the entry point
-DATASETS = ("fashion_scenes", "folder", "voc")
+BENCHMARKS = ("cityscapes", "ade20k", "pascal_context")
+DATASETS = ("fashion_scenes", "folder", "voc", *BENCHMARKS)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,9 +35,16 @@ class DataConfig:
     validation pair ``val_image_dir``/``val_mask_dir`` is optional; ``label_map`` renames mask
     values, e.g. ``{"255": 1}`` for binary masks saved as 0/255) or ``"voc"``
     (:func:`sar.data.pascal_voc` under ``root``, splits ``train_split``/``val_split``).
+    The paper's benchmarks, in their standard layouts and label encodings under ``root``
+    (``train_split``/``val_split`` as for VOC): ``"cityscapes"`` (:func:`sar.data.cityscapes`,
+    19 train ids), ``"ade20k"`` (:func:`sar.data.ade20k`, 150 classes) and
+    ``"pascal_context"`` (:func:`sar.data.pascal_context`, 59 classes); ``num_classes``,
+    ``reduce_zero_label`` and ``label_map`` are fixed by the benchmark.
     On-disk images go through :class:`sar.data.SegmentationTransform`: ``resize`` (shorter
-    side, or ``[h, w]``), then a random ``crop`` and ``hflip`` for training; ``val_resize``
-    for validation (smp models need sides divisible by 32).
+    side, capped at ``max_size`` on the longer side, or ``[h, w]``), a random rescale by a
+    ratio in ``scale_range`` (mmsegmentation's ``ratio_range``), then a random ``crop`` and
+    ``hflip`` for training; ``val_resize`` for validation (smp models need sides divisible
+    by 32).
     """
 
     name: str = "fashion_scenes"
@@ -57,6 +65,8 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     resize: int | list[int] | None = None
+    max_size: int | None = None
+    scale_range: list[float] | None = None
     crop: int | list[int] | None = None
     hflip: bool = True
     val_resize: int | list[int] | None = None
@@ -69,6 +79,16 @@ class DataConfig:
             raise ValueError(f"data.name={self.name!r} needs data.root (the folder on disk)")
         if self.name == "folder" and self.num_classes is None:
             raise ValueError("data.name='folder' needs data.num_classes")
+        if self.name in BENCHMARKS:
+            from ..data import BENCHMARK_NUM_CLASSES
+
+            fixed = BENCHMARK_NUM_CLASSES[self.name]
+            if self.num_classes not in (None, fixed):
+                raise ValueError(f"data.name={self.name!r} has {fixed} classes, got"
+                                 f" data.num_classes={self.num_classes}")
+            if self.reduce_zero_label or self.label_map:
+                raise ValueError(f"data.name={self.name!r} fixes its label encoding: leave"
+                                 " data.reduce_zero_label and data.label_map unset")
 
 
 @dataclass
@@ -205,7 +225,8 @@ def _segmentation_transform(cfg: DataConfig, train: bool) -> Any:
 
     if train:
         return SegmentationTransform(size=cfg.resize, crop=cfg.crop, hflip=cfg.hflip,
-                                     ignore_index=cfg.ignore_index)
+                                     ignore_index=cfg.ignore_index, max_size=cfg.max_size,
+                                     scale_range=cfg.scale_range)
     return SegmentationTransform(size=cfg.val_resize, ignore_index=cfg.ignore_index)
 
 
@@ -227,6 +248,12 @@ def build_datasets(cfg: DataConfig) -> tuple[Any, Any | None, int]:
         train = data.pascal_voc(cfg.root, cfg.train_split, _segmentation_transform(cfg, True))
         val = data.pascal_voc(cfg.root, cfg.val_split, _segmentation_transform(cfg, False))
         return train, val, 21
+    if cfg.name in BENCHMARKS:
+        train = data.benchmark_dataset(cfg.name, cfg.root, cfg.train_split,
+                                       _segmentation_transform(cfg, True))
+        val = data.benchmark_dataset(cfg.name, cfg.root, cfg.val_split,
+                                     _segmentation_transform(cfg, False))
+        return train, val, data.BENCHMARK_NUM_CLASSES[cfg.name]
     relabel = {"reduce_zero_label": cfg.reduce_zero_label, "label_map": cfg.label_map}
     train = data.SegmentationFolder(cfg.root, cfg.image_dir, cfg.mask_dir,
                                     _segmentation_transform(cfg, True), **relabel)
