@@ -27,8 +27,10 @@ from .models import (
     SARClassifier,
     SARSegmentationModel,
     SmallCNN,
+    bare_state_dict,
     build_classifier,
     build_smp_model,
+    find_linear_head,
 )
 from .regularizer import SemanticAnchorRegularizer
 
@@ -63,11 +65,13 @@ __all__ = [
     "__version__",
     "anchor_geometry",
     "anchors",
+    "bare_state_dict",
     "baselines",
     "build_classifier",
     "build_smp_model",
     "config",
     "default_device",
+    "find_linear_head",
     "make_anchors",
     "models",
     "seed_everything",
