@@ -27,14 +27,48 @@ from torch import nn
 from .anchors import etf_anchors
 
 
-def _flatten_valid(
-    features: torch.Tensor, labels: torch.Tensor, ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(N, D)`` features, ``(N,)`` labels with ignored set to 0, and the ``(N,)`` valid mask.
+def _check_ignore_index(ignore_index: int, num_classes: int) -> None:
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index={ignore_index} is a real class id with num_classes={num_classes};"
+            " pass an ignore_index outside [0, num_classes), e.g. -100"
+        )
 
-    Segmentation labels ``(B, h, w)`` are nearest-resized to the feature map first.
+
+def _flatten_valid(
+    features: torch.Tensor, labels: torch.Tensor, ignore_index: int, feat_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N, D)`` float32 features, ``(N,)`` labels with ignored set to 0, ``(N,)`` valid mask.
+
+    Checks shapes and dtypes only (no host sync). Segmentation labels ``(B, h, w)`` or
+    ``(B, 1, h, w)`` are nearest-resized to the feature map first.
     """
-    if features.dim() == 4:
+    if features.dim() not in (2, 4):
+        raise ValueError(
+            f"features must be (B, D) or (B, D, H, W), got shape {tuple(features.shape)}"
+        )
+    if features.shape[1] != feat_dim:
+        raise ValueError(
+            f"features have {features.shape[1]} channels but the regulariser was built with"
+            f" feat_dim={feat_dim}: pass the feature map that enters the classifier"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"batch mismatch: features have batch size {features.shape[0]}, labels"
+            f" {labels.shape[0]}"
+        )
+    if features.dim() == 2:
+        if labels.dim() != 1:
+            raise ValueError(f"for (B, D) features labels must be (B,), got {tuple(labels.shape)}")
+    else:
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.dim() != 3:
+            raise ValueError(
+                f"for (B, D, H, W) features labels must be (B, h, w), got {tuple(labels.shape)}"
+            )
         if labels.shape[-2:] != features.shape[-2:]:
             size = features.shape[-2:]
             labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
@@ -45,11 +79,27 @@ def _flatten_valid(
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``valid`` positions; 0 (not NaN) when none is valid."""
     return (values * valid).sum() / valid.sum().clamp(min=1)
 
 
+@torch.no_grad()
+def _class_sums(
+    flat: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sample counts ``(C,)`` and feature sums ``(C, D)`` of the valid positions."""
+    weights = valid.to(flat.dtype)
+    counts = flat.new_zeros(num_classes).index_add_(0, targets, weights)
+    sums = flat.new_zeros(num_classes, flat.shape[1]).index_add_(
+        0, targets, flat.detach() * weights[:, None])
+    return counts, sums
+
+
 class NoRegularizer(nn.Module):
-    """Adds nothing: plain cross-entropy through the same wrapper (features stay tappable)."""
+    """Adds nothing: plain cross-entropy through the same wrapper (features stay tappable).
+
+    Returns ``{"loss": 0}`` (a float32 0-dim tensor on the features' device) on every call.
+    """
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
@@ -74,19 +124,81 @@ class CenterLoss(nn.Module):
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
     ) -> dict[str, torch.Tensor]:
-        flat, targets, valid = _flatten_valid(features, labels, self.ignore_index)
+        flat, targets, valid = _flatten_valid(features, labels, self.ignore_index,
+                                              self.centres.shape[1])
         distance = (flat - self.centres[targets]).pow(2).mean(dim=1)
         pull = self.weight * _masked_mean(distance, valid)
         return {"pull": pull, "loss": pull}
 
 
 class PrototypeRegularizer(nn.Module):
-    """Pull features toward EMA class means of the features themselves (one-way, detached).
+    """Pull features one-way toward running class means of the features themselves.
 
-    Each step the batch mean of every present class updates its prototype (a copy the first
-    time the class is seen, then ``m * proto + (1 - m) * batch_mean``); features are then
-    pulled toward the prototype of their label with SAR's MSE, for classes already seen.
-    Prototypes inherit whatever bias the features have: on long tails, head classes dominate.
+    The "EM paradigm" the SAR paper argues against: class prototypes estimated from the
+    training features (E-step: a running mean per class) and features pulled toward the
+    prototype of their label (M-step), with SAR's own pull so that only the target differs.
+
+    Prototypes (buffer ``prototypes``) are a bias-corrected exponential moving average of the
+    per-batch class means, as Adam corrects its moments: with ``t_c`` the number of training
+    calls on which class c was present (only those count),
+
+        ema_c <- m * ema_c + (1 - m) * batch_mean_c,    prototype_c = ema_c / (1 - m^t_c),
+
+    kept directly as ``prototype_c += (1 - m) / (1 - m^t_c) * (batch_mean_c - prototype_c)``.
+    The first sighting copies the batch mean, and every later batch mean weighs ``m^(age)``,
+    normalised: the prototype is an average of recent class means whatever the run length,
+    with no pull toward the zero start. On the features of an untrained network, which are far
+    smaller than later ones, the first batches are forgotten at the rate ``m``.
+
+    Pull (weight times SAR's MSE), zero during the first ``warmup_steps`` training calls and
+    for classes not yet seen; the prototypes are updated from the first call::
+
+        pull = weight * mean over valid positions of mean over D of (f - sg[prototype_y])^2
+
+    Momentum: the default 0.9 averages over about ``1 / (1 - m) = 10`` sightings of a class
+    (the noise of one batch mean shrinks by ``sqrt((1 + m) / (1 - m)) ~ 4.4``). Prototype
+    segmentation methods use ``m = 0.999`` over 40k-80k iterations (ProtoSeg, Zhou et al.,
+    CVPR 2022: a window of 1.2-2.5% of the run); the runs here last a few hundred to a few
+    thousand steps, and a tail class is present in only some batches, so a window of ~10
+    sightings keeps the prototypes on the current features (0.99 suits runs of ~10k steps or
+    more; 0.999 on a 400-step run leaves the prototypes far behind growing features).
+
+    Args:
+        num_classes: C.
+        feat_dim: D, the width of the feature that enters the classifier.
+        weight: weight of the pull (0.1, SAR's ``trade_off``).
+        momentum: m in ``[0, 1)`` (0.9); 0 uses each batch's class means alone.
+        warmup_steps: training calls without pull (50, about when SAR's gate opens in this
+            repo's runs); the prototypes are still updated meanwhile.
+        ignore_index: label value excluded from the pull and the update (255).
+
+    Shapes and dtypes:
+        features: float ``(B, D)`` or ``(B, D, H, W)`` (computed in float32).
+        labels: integer ``(B,)``, or ``(B, h, w)`` / ``(B, 1, h, w)`` at any resolution
+            (nearest-resized to ``(H, W)``); values in ``[0, C)`` or ``ignore_index``.
+        classifier: ignored (accepted for the common interface).
+
+    Returns:
+        ``{"pull", "loss", "pull_on"}``, float32 0-dim tensors on every call: ``pull`` (and
+        ``loss``, equal to it) is differentiable w.r.t. the features only; ``pull_on`` is 1.0
+        once the warm-up is over, for logging.
+
+    State (``state_dict``): buffers ``prototypes`` float32 ``(C, D)``, ``seen`` bool ``(C,)``,
+    ``class_updates`` int64 ``(C,)`` (``t_c``) and ``num_steps`` int64 (training calls). They
+    change only in training mode; nothing is read back to the host.
+
+    Raises:
+        ValueError: ``ignore_index`` in ``[0, C)``, ``momentum`` outside ``[0, 1)``, negative
+            ``weight`` or ``warmup_steps``; features not ``(B, D)``/``(B, D, H, W)`` or not D
+            wide; labels of the wrong shape or batch size.
+        TypeError: float or bool labels.
+        IndexError: (on the CPU) a label outside ``[0, C)`` that is not ``ignore_index``.
+
+    Sources: Ge et al., "Beyond Prototypes: Semantic Anchor Regularization", AAAI 2024 (the
+    prototype paradigm it argues against); the moving-average class prototypes of ProtoSeg
+    (T. Zhou et al., "Rethinking Semantic Segmentation: A Prototype View", CVPR 2022,
+    github.com/tfzhou/ProtoSeg, ``protoseg.gamma = 0.999``); bias correction as in Adam
+    (Kingma & Ba, ICLR 2015).
     """
 
     def __init__(
@@ -94,36 +206,52 @@ class PrototypeRegularizer(nn.Module):
         num_classes: int,
         feat_dim: int,
         weight: float = 0.1,
-        momentum: float = 0.999,
+        momentum: float = 0.9,
+        warmup_steps: int = 50,
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        self.weight, self.momentum, self.ignore_index = weight, momentum, ignore_index
+        _check_ignore_index(ignore_index, num_classes)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight < 0 or warmup_steps < 0:
+            raise ValueError(
+                f"weight and warmup_steps must be >= 0, got {weight} and {warmup_steps}")
+        self.num_classes, self.feat_dim = num_classes, feat_dim
+        self.weight, self.momentum, self.warmup_steps = weight, momentum, warmup_steps
+        self.ignore_index = ignore_index
         self.register_buffer("prototypes", torch.zeros(num_classes, feat_dim))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        self.register_buffer("class_updates", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim},"
+                f" weight={self.weight}, momentum={self.momentum},"
+                f" warmup_steps={self.warmup_steps}")
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None
     ) -> dict[str, torch.Tensor]:
-        flat, targets, valid = _flatten_valid(features, labels, self.ignore_index)
+        flat, targets, valid = _flatten_valid(features, labels, self.ignore_index, self.feat_dim)
         if self.training:
-            self._update(flat.detach(), targets, valid)
-        usable = valid & self.seen[targets]
+            self._update(*_class_sums(flat, targets, valid, self.num_classes))
+            self.num_steps += 1
+        pull_on = self.num_steps > self.warmup_steps
         distance = (flat - self.prototypes[targets]).pow(2).mean(dim=1)
-        pull = self.weight * _masked_mean(distance, usable)
-        return {"pull": pull, "loss": pull}
+        pull = self.weight * _masked_mean(distance, valid & self.seen[targets] & pull_on)
+        return {"pull": pull, "loss": pull, "pull_on": pull_on.float()}
 
     @torch.no_grad()
-    def _update(self, flat: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> None:
-        num_classes = len(self.prototypes)
-        weights = valid.float()
-        counts = torch.zeros(num_classes, device=flat.device).index_add_(0, targets, weights)
-        sums = torch.zeros_like(self.prototypes).index_add_(0, targets, flat * weights[:, None])
+    def _update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         present = counts > 0
         means = sums / counts.clamp(min=1)[:, None]
-        blended = self.momentum * self.prototypes + (1 - self.momentum) * means
-        new = torch.where(self.seen[:, None], blended, means)
-        self.prototypes.copy_(torch.where(present[:, None], new, self.prototypes))
+        self.class_updates += present.long()
+        t = self.class_updates.clamp(min=1)
+        rate = (1.0 - self.momentum) / (1.0 - self.momentum ** t.float())
+        rate = torch.where(t == 1, 1.0, rate)  # exactly a copy at the first sighting
+        rate = torch.where(present, rate, 0.0)
+        self.prototypes += rate[:, None] * (means - self.prototypes)
         self.seen |= present
 
 
