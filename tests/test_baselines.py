@@ -184,17 +184,100 @@ def test_prototype_arguments_are_checked(options, match):
 
 
 # ------------------------------------------------------------------------------ centres
-def test_center_loss_moves_both_centres_and_features():
-    loss_fn = CenterLoss(3, 4, weight=1.0)
+def reference_center_step(features, labels, centres, weight, alpha):
+    """Wen et al. written out with loops: loss, feature gradient and the updated centres."""
+    m = len(labels)
+    loss = sum(0.5 * float(((features[i] - centres[labels[i]]) ** 2).sum())
+               for i in range(m)) / m
+    grad = torch.stack([weight * (features[i] - centres[labels[i]]) / m for i in range(m)])
+    new = centres.clone()
+    for j in range(len(centres)):
+        members = [i for i in range(m) if labels[i] == j]
+        delta = sum((centres[j] - features[i] for i in members), torch.zeros_like(centres[j]))
+        new[j] = centres[j] - alpha * delta / (1 + len(members))
+    return weight * loss, grad, new
+
+
+def test_center_loss_matches_wens_rule_on_a_hand_made_batch():
+    loss_fn = CenterLoss(3, 3, weight=0.5, alpha=0.5).train()
+    loss_fn.centres.copy_(torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [-2.0, 3.0, 0.5]]))
+    loss_fn.seen.fill_(True)
+    features = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 2.0], [0.5, 0.5, 0.5], [2.0, 2.0, 1.0]],
+                            requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 0])
+    loss, grad, centres = reference_center_step(features.detach(), labels.tolist(),
+                                                loss_fn.centres.clone(), 0.5, 0.5)
+    out = loss_fn(features, labels)
+    out["loss"].backward()
+    assert out["loss"].item() == pytest.approx(loss, rel=1e-6)
+    assert torch.allclose(features.grad, grad, atol=1e-7)
+    assert torch.allclose(loss_fn.centres, centres, atol=1e-7)  # class 2 absent: unmoved
+    assert list(loss_fn.parameters()) == []  # the optimiser never sees the centres
+
+
+def test_center_loss_ignores_positions_and_inits_centres_at_first_sighting():
+    loss_fn = CenterLoss(3, 4, weight=1.0).train()
     features = torch.randn(6, 4, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 0, 255, 1])
-    out = loss_fn(features, labels)
-    expected = (features[[0, 1, 2, 3, 5]] - loss_fn.centres[[0, 1, 2, 0, 1]]).pow(2).mean()
-    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    out["loss"].backward()
-    assert loss_fn.centres.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
+    loss_fn(features, labels)["loss"].backward()
     assert features.grad[4].abs().sum() == 0  # the ignored sample
+    # first sighting copies the batch mean, and the update then leaves it there
+    assert torch.allclose(loss_fn.centres[0], features[[0, 3]].mean(0).detach(), atol=1e-6)
+    assert loss_fn.seen.all()
+    fresh = CenterLoss(3, 4).eval()  # eval mode: no centre is set, so nothing is pulled
+    assert fresh(features, labels)["loss"].item() == 0.0 and not fresh.seen.any()
 
+
+def test_centres_close_in_on_the_class_means_from_far_away():
+    loss_fn = CenterLoss(C, D).train()
+    loss_fn.seen.fill_(True)  # centres left at zero, as with a far-off initialisation
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(C, D, generator=g) + 0.5
+    gaps = []  # worst class: |c - mean| / |mean|
+    for _ in range(12):
+        y = torch.randint(0, C, (64,), generator=g)
+        loss_fn(base[y] * (1 + 0.1 * torch.randn(64, D, generator=g)), y)
+        gaps.append(((loss_fn.centres - base).norm(dim=1) / base.norm(dim=1)).max().item())
+    # measured: 0.53, 0.28, 0.15, 0.09, 0.05, 0.03, ... 0.016: about half the gap closes per
+    # step, down to the noise of a batch mean remembered for ~2 steps (alpha = 0.5)
+    assert all(b < 0.7 * a for a, b in zip(gaps[:4], gaps[1:5], strict=True))
+    assert gaps[-1] < 0.03
+
+
+def test_centres_track_features_that_grow_to_the_last_step():
+    loss_fn = CenterLoss(C, D).train()
+    cos, ratio = cosine_and_norm_ratio(loss_fn.centres, growing_features(loss_fn))
+    assert cos > 0.99 and abs(ratio - 1) < 0.05  # measured: 0.9987, 0.974
+    frozen = CenterLoss(C, D, alpha=0.0).train()  # never updated after the first sighting
+    _, frozen_ratio = cosine_and_norm_ratio(frozen.centres, growing_features(frozen))
+    assert frozen_ratio < 0.01
+
+
+def test_center_state_survives_a_state_dict_roundtrip():
+    loss_fn = CenterLoss(C, D).train()
+    growing_features(loss_fn, steps=5)
+    loaded = roundtrip(loss_fn, CenterLoss(C, D).train())
+    assert torch.equal(loaded.centres, loss_fn.centres) and torch.equal(loaded.seen, loss_fn.seen)
+    features, labels = torch.rand(8, D), torch.arange(8) % C
+    assert loaded(features, labels)["loss"].item() == loss_fn(features, labels)["loss"].item()
+    assert torch.equal(loaded.centres, loss_fn.centres)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"alpha": 1.5}, "alpha"), ({"weight": -1.0}, "weight"), ({"ignore_index": 0}, "real class"),
+])
+def test_center_loss_arguments_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        CenterLoss(C, D, **options)
+
+
+@pytest.mark.parametrize("make", [lambda: CenterLoss(C, D), lambda: PrototypeRegularizer(C, D)])
+def test_regularisers_reject_features_of_the_wrong_width_and_float_labels(make):
+    reg = make().train()
+    with pytest.raises(ValueError, match="feat_dim=16"):
+        reg(torch.rand(2, D + 1), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        reg(torch.rand(2, D), torch.tensor([0.0, 1.0]))
 
 
 # ------------------------------------------------------------------------ ETF head
