@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sar import CenterLoss, ETFClassifier, LogitAdjustedCrossEntropy, PrototypeRegularizer
+from sar.baselines import DotRegressionLoss
 
 C, D = 4, 16
 
@@ -280,16 +281,127 @@ def test_regularisers_reject_features_of_the_wrong_width_and_float_labels(make):
         reg(torch.rand(2, D), torch.tensor([0.0, 1.0]))
 
 
-# ------------------------------------------------------------------------ ETF head
+# ------------------------------------------------------------------------ ETF head + DR
 @pytest.mark.parametrize("in_features", [16, 4])  # 4 = C - 1, the smallest that fits an ETF
-def test_etf_head_is_fixed_and_maximally_separated(in_features):
-    head = ETFClassifier(in_features, 5)
-    assert list(head.parameters()) == []
+@pytest.mark.parametrize("variant", ["dr", "ce"])
+def test_etf_head_is_fixed_and_maximally_separated(in_features, variant):
+    head = ETFClassifier(in_features, 5, variant=variant)
+    # only Yang et al.'s BatchNorm is trainable; the class vectors are a buffer
+    assert [name for name, _ in head.named_parameters()] == (
+        ["norm.weight", "norm.bias"] if variant == "dr" else [])
     w = F.normalize(head.weight, dim=1)
     off = (w @ w.T)[~torch.eye(5, dtype=torch.bool)]
     assert torch.allclose(off, torch.full_like(off, -0.25), atol=1e-6)
-    assert head(torch.randn(3, in_features)).shape == (3, 5)
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(5))
+    assert head(torch.rand(3, in_features)).shape == (3, 5)
 
+
+def test_etf_dr_head_outputs_cosines_of_the_batch_normalised_feature():
+    head = ETFClassifier(D, C).train()
+    features = torch.rand(8, D) * 100  # post-ReLU, large: the logits stay cosines
+    logits = head(features)
+    h = F.batch_norm(features, None, None, training=True)
+    expected = F.normalize(h, dim=1) @ head.weight.T
+    assert torch.allclose(logits, expected, atol=1e-5) and logits.abs().max() <= 1 + 1e-6
+    ce_head = ETFClassifier(D, C, variant="ce")  # the old variant: raw features, unbounded
+    assert torch.allclose(ce_head(features), features @ ce_head.weight.T)
+    with pytest.raises(ValueError, match="variant"):
+        ETFClassifier(D, C, variant="mse")
+
+
+def reference_dot_regression(features, labels, head, balance=True):
+    """Yang et al.'s training step written out: BN_H, l2-normalise, E_w, per-sample DR.
+
+    ``0.5 * (h.w_y - ||w_y|| * ||h||)^2 / ||h||`` with ``w_y = E_y m_y``, ``E_y = sqrt(gamma /
+    n_y)``, ``gamma = B / (classes in the batch)``, the lengths detached; mean over the batch.
+    """
+    bn = head.norm
+    mean, var = features.mean(0), features.var(0, unbiased=False)
+    h = (features - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+    h = h / torch.clamp(h.norm(dim=1, keepdim=True), min=1e-8)
+    etf = head.weight.to(features.dtype).T  # (D, C): unit columns
+    labels = labels.tolist()
+    gamma = len(labels) / len(set(labels))
+    total = 0.0
+    for i, y in enumerate(labels):
+        e = math.sqrt(gamma / labels.count(y)) if balance else 1.0
+        w = e * etf[:, y]
+        dot = sum(h[i, d] * w[d] for d in range(len(w)))
+        h_len, w_len = h[i].norm().detach(), w.norm().detach()
+        total = total + 0.5 * (dot - w_len * h_len) ** 2 / h_len
+    return total / len(labels)
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_dot_regression_matches_the_reference_and_its_gradient(balance):
+    head = ETFClassifier(5, 3).double().train()
+    with torch.no_grad():
+        head.weight.copy_(F.normalize(head.weight, dim=1))  # unit to float64 precision
+        head.norm.weight.copy_(torch.tensor([1.0, 0.5, 2.0, 1.5, 0.8]))
+        head.norm.bias.copy_(torch.tensor([0.1, -0.2, 0.0, 0.3, -0.1]))
+    features = torch.tensor([[0.0, 1.0, 2.0, 0.5, 0.1], [1.5, 0.2, 0.0, 0.0, 3.0],
+                             [0.3, 0.3, 0.9, 1.2, 0.0], [2.0, 0.0, 1.0, 0.4, 0.7],
+                             [0.0, 2.5, 0.1, 0.9, 1.1], [1.0, 1.0, 0.0, 2.0, 0.2]],
+                            dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])  # unbalanced: E_y differs by class
+    got = DotRegressionLoss(balance=balance)(head(features), labels)
+    (grad_got,) = torch.autograd.grad(got, features)
+    want = reference_dot_regression(features, labels, head, balance)
+    (grad_want,) = torch.autograd.grad(want, features)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    assert torch.allclose(grad_got, grad_want, rtol=1e-8, atol=1e-12)
+    assert grad_got.abs().sum() > 0
+
+
+def test_balanced_dot_regression_averages_the_class_means_and_skips_ignored():
+    logits = torch.tensor([[0.9, -0.3], [0.1, 0.2], [0.5, 0.0], [-0.4, 0.6], [0.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1, -100])
+    per = 0.5 * (torch.tensor([0.9, 0.1, 0.5, 0.6]) - 1) ** 2
+    class_means = torch.stack([per[:3].mean(), per[3]])
+    assert DotRegressionLoss()(logits, labels).item() == pytest.approx(class_means.mean().item())
+    assert DotRegressionLoss(balance=False)(logits, labels).item() == pytest.approx(
+        per.mean().item())
+    assert DotRegressionLoss()(logits, torch.full((5,), -100)).item() == 0.0
+
+
+def test_dot_regression_refuses_logits_that_are_not_cosines():
+    with pytest.raises(ValueError, match="cosine logits"):
+        DotRegressionLoss()(torch.tensor([[3.0, -1.0]]), torch.tensor([0]))
+    with pytest.raises(TypeError, match="integer"):
+        DotRegressionLoss()(torch.zeros(2, 3), torch.zeros(2))
+
+
+def test_etf_dr_trains_a_small_mlp_to_separate_blobs():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(512) % C
+    x = 2 * torch.randn(C, 8, generator=g)[y] + torch.randn(512, 8, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, D), nn.ReLU(),
+                          ETFClassifier(D, C))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    criterion = DotRegressionLoss()
+    for _ in range(150):
+        idx = torch.randint(0, 512, (64,), generator=g)
+        loss = criterion(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert (logits.argmax(1) == y).float().mean() > 0.95  # measured: 0.980
+    own = logits.gather(1, y[:, None]).mean()
+    assert own > 0.8  # measured: 0.868, aligned with their (partly negative) ETF direction
+
+
+def test_etf_state_survives_a_state_dict_roundtrip():
+    head = ETFClassifier(D, C, seed=0).train()
+    head(torch.rand(8, D))  # moves the BatchNorm statistics
+    loaded = roundtrip(head, ETFClassifier(D, C, seed=1)).eval()  # another frame before loading
+    head.eval()
+    assert torch.equal(loaded.weight, head.weight)
+    features = torch.rand(3, D)
+    assert torch.equal(loaded(features), head(features))
 
 
 # -------------------------------------------------------------------- logit adjustment
