@@ -253,7 +253,9 @@ class PrototypeRegularizer(nn.Module):
     Pull (weight times SAR's MSE), zero during the first ``warmup_steps`` training calls and
     for classes not yet seen; the prototypes are updated from the first call::
 
-        pull = weight * mean over valid positions of mean over D of (f - sg[prototype_y])^2
+        pull = weight * mean over valid positions of mean over D of (f - prototype_y)^2
+
+    with the prototype detached (a buffer): features move toward prototypes, never back.
 
     Momentum: the default 0.9 averages over about ``1 / (1 - m) = 10`` sightings of a class
     (the noise of one batch mean shrinks by ``sqrt((1 + m) / (1 - m)) ~ 4.4``). Prototype
