@@ -16,6 +16,7 @@ from . import anchors, baselines, config, models
 from .anchors import anchor_geometry, make_anchors
 from .baselines import (
     CenterLoss,
+    DotRegressionLoss,
     ETFClassifier,
     LogitAdjustedCrossEntropy,
     NoRegularizer,
@@ -53,6 +54,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "SMOKE",
     "CenterLoss",
+    "DotRegressionLoss",
     "ETFClassifier",
     "LogitAdjustedCrossEntropy",
     "NoRegularizer",

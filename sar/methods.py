@@ -16,7 +16,10 @@ name                       what it trains with
 ``sar``                    SAR, Ge et al. AAAI 2024 (:class:`~sar.SemanticAnchorRegularizer`)
 ``prototype``              EMA class-mean prototypes (:class:`~sar.PrototypeRegularizer`)
 ``center``                 center loss, Wen et al. ECCV 2016 (:class:`~sar.CenterLoss`)
-``etf``                    a fixed simplex-ETF classifier (:class:`~sar.ETFClassifier`)
+``etf_dr``                 a fixed simplex-ETF head on normalised features with the
+                           dot-regression loss, Yang et al. NeurIPS 2022
+``etf``                    a fixed simplex-ETF head on raw features with plain CE (not Yang
+                           et al.'s recipe; the variant of the committed result rows)
 ``logit_adjusted``         logit-adjusted CE, Menon et al. ICLR 2021
 ``sar_logit_adjusted``     SAR trained with the logit-adjusted CE
 =========================  ==============================================================
@@ -31,6 +34,7 @@ from torch import nn
 
 from .baselines import (
     CenterLoss,
+    DotRegressionLoss,
     ETFClassifier,
     LogitAdjustedCrossEntropy,
     NoRegularizer,
@@ -50,7 +54,12 @@ _REGULARIZERS: dict[str, RegularizerFactory] = {
 }
 # name -> the regulariser it pairs with the logit-adjusted loss
 _LOGIT_ADJUSTED = {"logit_adjusted": "ce", "sar_logit_adjusted": "sar"}
-METHODS = (*_REGULARIZERS, "etf", *_LOGIT_ADJUSTED)
+# name -> ETFClassifier variant and the criterion it trains with (None: cross-entropy)
+_ETF_HEADS: dict[str, tuple[str, Callable[[], nn.Module] | None]] = {
+    "etf_dr": ("dr", DotRegressionLoss),
+    "etf": ("ce", None),
+}
+METHODS = (*_REGULARIZERS, *_ETF_HEADS, *_LOGIT_ADJUSTED)
 
 
 def is_segmentation_model(model: nn.Module) -> bool:
@@ -97,7 +106,7 @@ def build(
         name: one of :data:`METHODS`.
         model: a classifier with a linear head (found as :class:`~sar.SARClassifier` finds it,
             or named by ``head_name``), or an smp model.
-            ``"etf"`` replaces the classifier's head in place (classifiers only).
+            ``"etf"``/``"etf_dr"`` replace the classifier's head in place (classifiers only).
         counts: training samples (or pixels) per class, ``(C,)``; needed by the
             logit-adjusted methods for their log prior.
         tau: strength of the logit adjustment (1.0, Menon et al.).
@@ -112,7 +121,7 @@ def build(
 
     Raises:
         ValueError: an unknown name (the message lists the known ones), a logit-adjusted method
-            without ``counts``, or ``"etf"`` on a segmentation model.
+            without ``counts``, or an ETF head on a segmentation model.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -121,8 +130,10 @@ def build(
         head_name = find_linear_head(model)
     num_classes, feat_dim = _head_dims(model, head_name)
     criterion = _criterion(name, counts, tau, ignore_index=255 if segmentation else -100)
-    if name == "etf":
-        return _etf(model, head_name, num_classes, feat_dim, segmentation, options), criterion
+    if name in _ETF_HEADS:
+        variant, make_criterion = _ETF_HEADS[name]
+        head = _etf(model, head_name, num_classes, feat_dim, segmentation, variant, options)
+        return head, make_criterion() if make_criterion is not None else None
     make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
     regularizer = make_regularizer(num_classes, feat_dim, **options)
     if segmentation:
@@ -131,9 +142,9 @@ def build(
 
 
 def _etf(model: nn.Module, head_name: str, num_classes: int, feat_dim: int,
-         segmentation: bool, options: dict[str, Any]) -> RegularizedModel:
+         segmentation: bool, variant: str, options: dict[str, Any]) -> RegularizedModel:
     if segmentation:
         raise ValueError("the ETF head replaces a linear classifier: use it with classifiers")
-    head = ETFClassifier(feat_dim, num_classes, **options)
+    head = ETFClassifier(feat_dim, num_classes, variant=variant, **options)
     model.set_submodule(head_name, head)
     return RegularizedModel(model, head, head, NoRegularizer())

@@ -87,3 +87,10 @@ def test_a_head_inside_a_container_is_found_or_named():
     assert model.regularizer.num_classes == 4 and model.head is net.classifier[3]
     with pytest.raises(TypeError, match="not an nn.Linear"):
         methods.build("sar", net, head_name="classifier")
+
+
+def test_etf_dr_is_yang_et_al_recipe_and_etf_keeps_the_committed_variant():
+    model, criterion = methods.build("etf_dr", small_cnn())
+    assert model.model.fc.variant == "dr" and type(criterion).__name__ == "DotRegressionLoss"
+    model, criterion = methods.build("etf", small_cnn())
+    assert model.model.fc.variant == "ce" and criterion is None

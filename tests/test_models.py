@@ -78,7 +78,7 @@ def test_wrapper_state_dict_holds_the_regulariser_and_round_trips():
 def test_baselines_plug_into_the_same_wrapper():
     model = SARSegmentationModel(tiny_smp("FPN"), regularizer=PrototypeRegularizer(3, 128)).train()
     out = model(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
-    assert set(out.losses) == {"pull", "loss"}
+    assert set(out.losses) == {"pull", "loss", "pull_on"}  # pull_on: the warm-up has ended
 
 
 def test_options_and_regularizer_together_are_refused():

@@ -9,7 +9,7 @@ from typing import Any
 from ..benchmark import CASES as OVERHEAD_CASES
 
 # run order within a seed: the comparisons that matter most first
-CLASSIFICATION_METHODS = ("ce", "sar", "logit_adjusted", "prototype", "center", "etf")
+CLASSIFICATION_METHODS = ("ce", "sar", "logit_adjusted", "prototype", "center", "etf", "etf_dr")
 
 
 SEGMENTATION_METHODS = ("ce", "sar", "prototype")
@@ -48,6 +48,13 @@ TUNING: dict[str, dict[str, dict[str, Any]]] = {
             "trade_off_ce 0.3": {"trade_off_ce": 0.3}, "trade_off_ce 3": {"trade_off_ce": 3.0}},
     "logit_adjusted": {"tau 0.5": {"tau": 0.5}, "tau 1": {}, "tau 1.5": {"tau": 1.5},
                        "tau 2": {"tau": 2.0}},
+    "prototype": {"weight 0.03": {"weight": 0.03}, "weight 0.1": {}, "weight 0.3": {"weight": 0.3},
+                  "weight 1": {"weight": 1.0}},
+    "center": {"weight 0.001": {"weight": 0.001}, "weight 0.003": {"weight": 0.003},
+               "weight 0.01": {}, "weight 0.03": {"weight": 0.03}},
+    # the ETF knob is the variant: each is a method of its own, compared on the same split
+    "etf": {"variant ce": {}},
+    "etf_dr": {"variant dr": {}},
 }
 
 
