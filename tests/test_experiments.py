@@ -11,7 +11,7 @@ import torch
 from sar.data import scene_class_probs
 from sar.experiments import (
     ABLATIONS,
-    CLASSIFICATION_METHODS,
+    LONGTAIL_METHODS,
     SMOKE_CLASSIFICATION,
     TUNING,
     Run,
@@ -26,6 +26,7 @@ from sar.experiments import (
     paired_gap_table,
     results_or_reduced_grid,
     scene_shot_groups,
+    with_tuned_options,
 )
 
 
@@ -39,8 +40,8 @@ def longtail_csv(tmp_path_factory):
 def test_longtail_smoke_grid_has_one_row_per_method_setting_and_seed(longtail_csv):
     df = pd.read_csv(longtail_csv)
     factors = SMOKE_CLASSIFICATION.imbalance_factors
-    assert len(df) == len(CLASSIFICATION_METHODS) * len(factors) * 2
-    assert set(df["method"]) == set(CLASSIFICATION_METHODS)
+    assert len(df) == len(LONGTAIL_METHODS) * len(factors) * 2
+    assert set(df["method"]) == set(LONGTAIL_METHODS)
     assert set(df["setting"]) == {f"if={f:g}" for f in factors}
     for column in ("accuracy", "many_accuracy", "few_accuracy", "nc1", "acc_class_9",
                    "hardware", "wall_time_s", "git_commit", "seed"):
@@ -53,7 +54,7 @@ def test_rerun_skips_finished_rows(longtail_csv, capsys):
     before = pd.read_csv(longtail_csv)
     main(["longtail", "--smoke", "--seeds", "0", "1", "--out", str(longtail_csv.parent),
           "--device", "cpu"])
-    total = len(CLASSIFICATION_METHODS) * len(SMOKE_CLASSIFICATION.imbalance_factors) * 2
+    total = len(LONGTAIL_METHODS) * len(SMOKE_CLASSIFICATION.imbalance_factors) * 2
     assert f"{total} of {total} runs already" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_csv(longtail_csv), before)
 
@@ -96,9 +97,9 @@ def test_markdown_table_flags_cells_with_fewer_seeds_and_bolds_no_lone_cell():
 
 def test_grid_runs_seed_by_seed_so_a_partial_grid_is_paired():
     runs = list(longtail_grid(SMOKE_CLASSIFICATION, [0, 1]))
-    first = runs[: len(CLASSIFICATION_METHODS)]
+    first = runs[: len(LONGTAIL_METHODS)]
     assert {run.seed for run in first} == {0} and len({run.setting for run in first}) == 1
-    assert [run.method for run in first] == list(CLASSIFICATION_METHODS)
+    assert [run.method for run in first] == list(LONGTAIL_METHODS)
     assert first[0].setting == f"if={max(SMOKE_CLASSIFICATION.imbalance_factors):g}"
 
 
@@ -138,7 +139,7 @@ def test_status_counts_only_cells_of_the_current_grid(tmp_path, capsys):
     table = capsys.readouterr().out
     n_ablation = len(ABLATIONS) * 3
     assert f"| ablation | 1 of {n_ablation} | CPU test | 2.0 (1.0-3.0) |" in table
-    n_longtail = len(CLASSIFICATION_METHODS) * 4 * 3  # four factors, three seeds
+    n_longtail = len(LONGTAIL_METHODS) * 4 * 3  # four factors, three seeds
     assert f"| longtail | 0 of {n_longtail} | – | – |" in table
 
 
@@ -220,3 +221,26 @@ def test_chosen_setting_is_the_best_on_validation():
                        "val_accuracy": [0.5, 0.7, 0.7, 0.1], "val_few_accuracy": [0.0] * 4})
     chosen = chosen_settings(df)
     assert chosen.set_index("method")["setting"].to_dict() == {"sar": "b", "la": "t"}
+
+
+def test_longtail_rows_record_the_options_they_trained_with(longtail_csv):
+    df = pd.read_csv(longtail_csv).set_index("method")
+    assert df.loc["sar_anchor_ce_only", "method_options"].iloc[0] == '{"trade_off": 0.0}'
+    assert df.loc["ce", "method_options"].iloc[0] == "{}"
+
+
+def test_tuned_methods_take_the_setting_chosen_on_validation(tmp_path):
+    runs = list(longtail_grid(SMOKE_CLASSIFICATION, [0]))
+    with pytest.raises(FileNotFoundError, match="run `python -m sar.experiments tuning` first"):
+        with_tuned_options(runs, tmp_path, smoke=False)
+    assert with_tuned_options(runs, tmp_path, smoke=True) == runs  # smoke: defaults
+    rows = [{"method": m, "setting": s, "val_accuracy": acc, "val_few_accuracy": 0.0}
+            for m, s, acc in [("sar", "trade_off 0.1", 0.7), ("sar", "trade_off_ce 3", 0.8),
+                              ("logit_adjusted", "tau 2", 0.9), ("prototype", "weight 1", 0.5),
+                              ("center", "weight 0.01", 0.5)]]
+    pd.DataFrame(rows).to_csv(tmp_path / "tuning.csv", index=False)
+    tuned = {run.method: run.options["method_options"]
+             for run in with_tuned_options(runs, tmp_path, smoke=False)}
+    assert tuned["sar_tuned"] == {"trade_off_ce": 3.0} and tuned["sar"] == {}
+    assert tuned["logit_adjusted"] == {"tau": 2.0} and tuned["prototype"] == {"weight": 1.0}
+    assert tuned["sar_anchor_ce_only"] == {"trade_off": 0.0}

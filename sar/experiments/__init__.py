@@ -16,9 +16,12 @@ from .grids import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     EXPERIMENTS,
+    LONGTAIL_METHODS,
+    LONGTAIL_VARIANTS,
     SEGMENTATION_METHODS,
     SMOKE_CLASSIFICATION,
     SMOKE_SEGMENTATION,
+    TUNED,
     TUNING,
     ClassificationSetup,
     Run,
@@ -43,7 +46,7 @@ from .report import (
     summarise,
     update_readme,
 )
-from .runner import grid_status, results_or_reduced_grid, run_grid
+from .runner import grid_status, results_or_reduced_grid, run_grid, with_tuned_options
 from .runs import (
     LongTailData,
     add_shot_group_iou,
@@ -72,6 +75,8 @@ __all__ = [
     "ClassificationSetup",
     "EXPERIMENTS",
     "KEY",
+    "LONGTAIL_METHODS",
+    "LONGTAIL_VARIANTS",
     "LongTailData",
     "RESULTS_DIR",
     "Run",
@@ -79,6 +84,7 @@ __all__ = [
     "SMOKE_CLASSIFICATION",
     "SMOKE_SEGMENTATION",
     "SegmentationSetup",
+    "TUNED",
     "TUNING",
     "ablation_grid",
     "add_shot_group_iou",
@@ -115,4 +121,5 @@ __all__ = [
     "summarise",
     "tuning_grid",
     "update_readme",
+    "with_tuned_options",
 ]

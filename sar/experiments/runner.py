@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ..benchmark import measure as measure_overhead
 from ..config import default_device
-from .grids import EXPERIMENTS, grid_runs, setups
+from .grids import EXPERIMENTS, TUNED, TUNING, Run, grid_runs, setups
+from .report import chosen_settings
 from .runs import run_classification, run_segmentation
 from .store import (
     KEY,
@@ -60,6 +62,8 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
             raise ValueError(f"{experiment} has no setting {sorted(unknown)}; its settings are "
                              f"{sorted({run.setting for run in runs})}")
         runs = [run for run in runs if run.setting in settings]
+    if experiment == "longtail":
+        runs = with_tuned_options(runs, out_dir, smoke)
     cls_setup, seg_setup = setups(smoke)
     done = finished_keys(csv)
     todo = [run for run in runs if run.key not in done]
@@ -81,6 +85,31 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
             "wall_time_s": round(time.perf_counter() - start, 1), "git_commit": commit,
         })
     return csv
+
+
+def with_tuned_options(runs: list[Run], out_dir: Path, smoke: bool) -> list[Run]:
+    """``runs`` with the options the tuning grid chose (``out_dir/tuning.csv``) for the methods
+    in :data:`TUNED`; a smoke grid without tuning rows keeps the defaults.
+
+    Raises:
+        FileNotFoundError: a full grid whose tuning rows are missing for a tuned method.
+    """
+    tuning = load_results("tuning", out_dir)
+    chosen = {} if tuning is None else dict(
+        chosen_settings(tuning)[["method", "setting"]].itertuples(index=False))
+    tuned = []
+    for run in runs:
+        source = TUNED.get(run.method)
+        if source is not None and source not in chosen and not smoke:
+            raise FileNotFoundError(
+                f"{run.method} trains with the setting the tuning grid chooses for {source}, and"
+                f" {out_dir / 'tuning.csv'} has none: run `python -m sar.experiments tuning`"
+                " first")
+        if source is not None and source in chosen:
+            options = {**run.options["method_options"], **TUNING[source][chosen[source]]}
+            run = replace(run, options={**run.options, "method_options": options})
+        tuned.append(run)
+    return tuned
 
 
 def results_or_reduced_grid(experiment: str, device: torch.device | None = None,

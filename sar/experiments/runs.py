@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,14 @@ def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailDat
 
 
 def method_name(run: Run) -> str:
-    """The :mod:`sar.methods` name a run trains with (the ablation's ``loss`` option swaps the
-    cross-entropy for the logit-adjusted one under the run's method)."""
+    """The :mod:`sar.methods` name a run trains with: ``options["method"]`` (else the row's
+    method); the ablation's ``loss`` option swaps the cross-entropy for the logit-adjusted one."""
+    name = run.options.get("method", run.method)
     if run.options.get("loss", "ce") == "ce":
-        return run.method
+        return name
     if run.options["loss"] != "logit_adjusted":
         raise ValueError(f"unknown loss {run.options['loss']!r}; choose 'ce' or 'logit_adjusted'")
-    return {"ce": "logit_adjusted", "sar": "sar_logit_adjusted"}[run.method]
+    return {"ce": "logit_adjusted", "sar": "sar_logit_adjusted"}[name]
 
 
 def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,
@@ -64,8 +66,8 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     num_classes, in_channels = len(lt.counts), lt.train.images.shape[1]
     generator = seed_everything(run.seed)
     net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
-    model, criterion = methods.build(method_name(run), net, counts=lt.counts,
-                                     **run.options.get("method_options", {}))
+    options = run.options.get("method_options", {})
+    model, criterion = methods.build(method_name(run), net, counts=lt.counts, **options)
     loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
@@ -82,6 +84,7 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     row["anchor_cosine"] = scores.get("anchor_cosine", float("nan"))
     row["gate_opened_step"] = gate_opened_step(history)
     row["imbalance_factor"], row["data"] = factor, lt.source
+    row["method_options"] = json.dumps(options, sort_keys=True)
     row["train_size"] = len(lt.train)
     return row
 
