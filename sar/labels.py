@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_IGNORE_INDEX = 255
@@ -37,6 +38,45 @@ def class_labels(labels: torch.Tensor) -> torch.Tensor:
     if labels.dim() == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     return labels.long()
+
+
+def labels_at_feature_resolution(
+    features: torch.Tensor, labels: torch.Tensor, feat_dim: int
+) -> torch.Tensor:
+    """``labels`` checked against ``features`` and nearest-resized to their map.
+
+    Shapes: features ``(B, D)`` with labels ``(B,)``, or ``(B, D, H, W)`` with labels
+    ``(B, h, w)``/``(B, 1, h, w)`` at any resolution (returned as ``(B, H, W)``); int64 out.
+
+    Raises:
+        ValueError: features that are not 2-D/4-D or not ``feat_dim`` wide, a batch mismatch,
+            labels of the wrong rank.
+        TypeError: float labels (:func:`class_labels`).
+    """
+    if features.dim() not in (2, 4):
+        raise ValueError(
+            f"features must be (B, D) or (B, D, H, W), got shape {tuple(features.shape)}"
+        )
+    if features.shape[1] != feat_dim:
+        raise ValueError(
+            f"features have {features.shape[1]} channels but the regulariser was built with"
+            f" feat_dim={feat_dim}: pass the feature map that enters the classifier"
+        )
+    labels = class_labels(labels)
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"batch mismatch: features have batch size {features.shape[0]}, labels"
+            f" {labels.shape[0]}"
+        )
+    expected = 1 if features.dim() == 2 else 3
+    if labels.dim() != expected:
+        wanted = "(B,)" if expected == 1 else "(B, h, w)"
+        raise ValueError(f"for {'(B, D)' if expected == 1 else '(B, D, H, W)'} features labels"
+                         f" must be {wanted}, got {tuple(labels.shape)}")
+    size = features.shape[2:]
+    if expected == 3 and labels.shape[1:] != size:
+        labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return labels
 
 
 def regularizer_ignore_index(model: nn.Module) -> int | None:

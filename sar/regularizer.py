@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .anchors import make_anchors
-from .labels import class_labels
+from .labels import labels_at_feature_resolution
 
 Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
 PULL_DISTANCES = ("mse", "cosine")
@@ -205,7 +205,7 @@ class SemanticAnchorRegularizer(Float32Module):
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: Classifier
     ) -> dict[str, torch.Tensor]:
-        labels = self._labels_at_feature_resolution(features, labels)
+        labels = labels_at_feature_resolution(features, labels, self.feat_dim)
         if self.validate:
             self._check_values(features, labels)
 
@@ -310,39 +310,6 @@ class SemanticAnchorRegularizer(Float32Module):
         return (per_position * valid).sum() / valid.sum().clamp(min=1)
 
     # -------------------------------------------------------------------------- validation
-    def _labels_at_feature_resolution(
-        self, features: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        if features.dim() not in (2, 4):
-            raise ValueError(
-                f"features must be (B, D) or (B, D, H, W), got shape {tuple(features.shape)}"
-            )
-        if features.shape[1] != self.feat_dim:
-            raise ValueError(
-                f"features have {features.shape[1]} channels but the regulariser was built with"
-                f" feat_dim={self.feat_dim}: pass the feature map that enters the classifier"
-            )
-        labels = class_labels(labels)  # refuses float masks, drops a (B, 1, H, W) channel
-        if labels.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"batch mismatch: features have batch size {features.shape[0]}, labels"
-                f" {labels.shape[0]}"
-            )
-        if features.dim() == 2:
-            if labels.dim() != 1:
-                raise ValueError(
-                    f"for (B, D) features labels must be (B,), got {tuple(labels.shape)}"
-                )
-            return labels
-        if labels.dim() != 3:
-            raise ValueError(
-                f"for (B, D, H, W) features labels must be (B, h, w), got {tuple(labels.shape)}"
-            )
-        size = features.shape[2:]
-        if labels.shape[1:] != size:
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
-        return labels.long()
-
     def _check_values(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         check_labels(labels, self.num_classes, self.ignore_index)
         if not bool(torch.isfinite(features).all()):

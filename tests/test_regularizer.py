@@ -10,6 +10,7 @@ from reference_sar import ReferenceSAR
 from torch import nn
 
 from sar import SemanticAnchorRegularizer
+from sar.labels import labels_at_feature_resolution
 from sar.regularizer import LOSS_KEYS
 
 C, D = 4, 6
@@ -117,7 +118,7 @@ def test_labels_are_nearest_downsampled_like_the_reference():
     features, labels = segmentation_batch(size=(4, 6), label_size=(9, 13), ignore_fraction=0.0)
     reg(features, labels, confident_classifier(reg, 1.0))  # first step copies z
     ema = reg.semantic_anchors
-    ours = reg._pull(features, reg._labels_at_feature_resolution(features, labels))
+    ours = reg._pull(features, labels_at_feature_resolution(features, labels, reg.feat_dim))
     ref = ReferenceSAR(C)
     ref.ema = ema.tolist()
     assert ours.item() == pytest.approx(ref._pull(features, labels), rel=1e-9)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..labels import class_labels
+from ..labels import labels_at_feature_resolution
 from ..regularizer import check_labels
 
 
@@ -23,33 +22,9 @@ def _flatten_valid(
     Segmentation labels ``(B, h, w)`` or ``(B, 1, h, w)`` are nearest-resized to the feature
     map first.
     """
-    if features.dim() not in (2, 4):
-        raise ValueError(
-            f"features must be (B, D) or (B, D, H, W), got shape {tuple(features.shape)}"
-        )
-    if features.shape[1] != feat_dim:
-        raise ValueError(
-            f"features have {features.shape[1]} channels but the regulariser was built with"
-            f" feat_dim={feat_dim}: pass the feature map that enters the classifier"
-        )
-    labels = class_labels(labels)  # refuses float masks, drops a (B, 1, H, W) channel
+    labels = labels_at_feature_resolution(features, labels, feat_dim)
     check_labels(labels, num_classes, ignore_index)
-    if labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"batch mismatch: features have batch size {features.shape[0]}, labels"
-            f" {labels.shape[0]}"
-        )
-    if features.dim() == 2:
-        if labels.dim() != 1:
-            raise ValueError(f"for (B, D) features labels must be (B,), got {tuple(labels.shape)}")
-    else:
-        if labels.dim() != 3:
-            raise ValueError(
-                f"for (B, D, H, W) features labels must be (B, h, w), got {tuple(labels.shape)}"
-            )
-        if labels.shape[-2:] != features.shape[-2:]:
-            size = features.shape[-2:]
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
+    if features.dim() == 4:
         features = features.movedim(1, -1).reshape(-1, features.shape[1])
     labels = labels.reshape(-1).long()
     valid = labels != ignore_index
