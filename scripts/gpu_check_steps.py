@@ -689,6 +689,8 @@ def lifted_copy(source: Path, plan: Plan) -> tuple[Path, list[str]]:
 
 def add_cell(cells: list[dict[str, Any]], sections: list[str], cell: dict[str, Any],
              section: str = "gpu_check") -> None:
+    if "id" not in cell:  # an added cell: nbformat 4.5 wants a unique id
+        cell = {"id": f"gpu-check-{len(cells)}", **cell}
     cells.append(cell)
     if cell["cell_type"] == "code":
         sections.append(section)
