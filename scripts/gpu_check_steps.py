@@ -134,10 +134,15 @@ def step_env(plan: Plan) -> StepResult:
 
 
 def git_commit() -> str:
+    """HEAD here; the device machine gets the files without .git, so there the commit that
+    prepare_gpu_payload.sh wrote into .gpu/commit."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
                               capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
+        recorded = PAYLOAD_DIR / "commit"
+        if recorded.is_file():
+            return f"{recorded.read_text().strip()} (when .gpu/ was prepared)"
         return "unknown (no git here)"
 
 

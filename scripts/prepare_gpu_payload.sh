@@ -87,6 +87,7 @@ report_size() {
 }
 
 mkdir -p .gpu
+git rev-parse --short HEAD > .gpu/commit 2>/dev/null || true  # the GPU copy has no .git
 echo "[prepare] downloading the wheels in scripts/gpu_payload.txt"
 download_wheels
 echo "[prepare] copying Fashion-MNIST from $FASHION_MNIST_DIR"
