@@ -40,6 +40,7 @@ class Case:
     size: int
     channels: int
     num_classes: int
+    encoder: str = "resnet18"  # the smp encoder of a segmentation case
 
 
 CASES = {
@@ -48,12 +49,21 @@ CASES = {
     "resnet18": Case("ResNet-18 classifier (32x32)", "classification", "resnet18", 64, 32, 3, 10),
 }
 
+# Realistic GPU workloads (Pascal-VOC-sized batches), kept out of CASES: that is the grid which
+# ``python -m sar.experiments overhead`` runs on any machine, a CPU included.
+GPU_CASES = {
+    f"{arch.lower()}_{encoder}_512": Case(f"smp {arch}-{encoder} (8x3x512x512)", "segmentation",
+                                         arch, 8, 512, 3, 21, encoder)
+    for arch in ("Unet", "FPN", "DeepLabV3Plus")
+    for encoder in ("resnet18", "resnet50")
+}
+
 
 def build(case: Case, with_sar: bool, seed: int = 0) -> RegularizedModel:
     """The case's model wrapped with SAR, or with :class:`NoRegularizer` (plain CE)."""
     torch.manual_seed(seed)
     if case.kind == "segmentation":
-        net = build_smp_model(case.arch, "resnet18", case.num_classes, case.channels)
+        net = build_smp_model(case.arch, case.encoder, case.num_classes, case.channels)
         return SARSegmentationModel(net, None if with_sar else NoRegularizer())
     net = build_classifier(case.arch, case.num_classes, case.channels)
     return SARClassifier(net, None if with_sar else NoRegularizer())
@@ -155,9 +165,16 @@ class Overhead:
         return json.dumps(asdict(self))
 
 
-def measure(case_key: str, device: torch.device, steps: int = 10, rounds: int = 5) -> Overhead:
-    """Time and memory of one case, SAR against plain, as ratios SAR / plain."""
-    case = CASES[case_key]
+def images_per_second(batch_size: int, ms_per_step: float) -> float:
+    """Throughput in images per second of a step that takes ``ms_per_step`` milliseconds."""
+    return 1e3 * batch_size / ms_per_step
+
+
+def measure(case: str | Case, device: torch.device, steps: int = 10, rounds: int = 5) -> Overhead:
+    """Time and memory of one case (a key of CASES or GPU_CASES, or a Case), SAR against plain,
+    as ratios SAR / plain."""
+    if isinstance(case, str):
+        case = {**CASES, **GPU_CASES}[case]
     times = time_steps(case, device, steps, rounds)
     plain_mib = peak_memory(case, device, with_sar=False)
     sar_mib = peak_memory(case, device, with_sar=True)

@@ -334,20 +334,22 @@ def test_entry_point_rejects_an_unknown_config_key(tmp_path: Path, capsys) -> No
 
 
 # ------------------------------------------------------------------------ mixed precision
-def bf16_loop(autocast: bool, steps: int = 12) -> tuple[list[float], list[float], SARClassifier]:
+def bf16_loop(autocast: bool, steps: int = 12, device: torch.device = CPU,
+              ) -> tuple[list[float], list[float], SARClassifier]:
     """A fit-like loop (forward, CE + SAR loss, SGD) with or without bf16 autocast."""
     torch.manual_seed(0)
     model = SARClassifier(SmallCNN(num_classes=4, in_channels=1, width=8, feat_dim=16),
-                          update_conf=0.5, momentum=0.9).train()
+                          update_conf=0.5, momentum=0.9).train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(16) % 4
     images = 0.3 * torch.randn(16, 1, 12, 12, generator=g)
     for i, c in enumerate(labels.tolist()):  # class c lights up quadrant c
         images[i, 0, 6 * (c // 2):6 * (c // 2) + 6, 6 * (c % 2):6 * (c % 2) + 6] += 1.0
+    images, labels = images.to(device), labels.to(device)
     gates, losses = [], []
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, reg = model(images, labels)
             loss = F.cross_entropy(logits, labels) + reg["loss"]
         assert reg["anchor_ce"].dtype == torch.float32  # the anchor branch stays in float32
@@ -359,9 +361,9 @@ def bf16_loop(autocast: bool, steps: int = 12) -> tuple[list[float], list[float]
     return gates, losses, model
 
 
-def test_bf16_autocast_keeps_the_gate_of_float32() -> None:
-    gates32, losses32, model32 = bf16_loop(autocast=False)
-    gates16, losses16, model16 = bf16_loop(autocast=True)
+def test_bf16_autocast_keeps_the_gate_of_float32(device: torch.device) -> None:
+    gates32, losses32, model32 = bf16_loop(autocast=False, device=device)
+    gates16, losses16, model16 = bf16_loop(autocast=True, device=device)
     assert all(math.isfinite(v) for v in losses16)
     assert 0.0 in gates32 and 1.0 in gates32  # the gate opens during the loop
     assert gates16 == gates32

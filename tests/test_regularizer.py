@@ -25,7 +25,7 @@ def confident_classifier(reg: SemanticAnchorRegularizer, scale: float) -> nn.Lin
     """A linear head whose rows are the projected anchors: scale sets how confident it is."""
     with torch.no_grad():
         projected = reg.projector(reg.anchors)
-        head = nn.Linear(D, C).double()
+        head = nn.Linear(D, C).double().to(projected.device)
         head.weight.copy_(scale * projected / projected.norm(dim=1, keepdim=True))
         head.bias.zero_()
     return head
@@ -42,20 +42,21 @@ def run_both(reg, ref, head, features, labels):
     return ours, theirs
 
 
-def segmentation_batch(seed=0, size=(5, 7), label_size=(10, 14), ignore_fraction=0.2):
+def segmentation_batch(seed=0, size=(5, 7), label_size=(10, 14), ignore_fraction=0.2,
+                       device="cpu"):
     g = torch.Generator().manual_seed(seed)
     features = torch.rand(2, D, *size, generator=g, dtype=torch.float64)
     labels = torch.randint(0, C, (2, *label_size), generator=g)
     labels[torch.rand(labels.shape, generator=g) < ignore_fraction] = 255
-    return features, labels
+    return features.to(device), labels.to(device)
 
 
 # ------------------------------------------------------------------- against the reference
 @pytest.mark.parametrize("distance", ["mse", "cosine"])
-def test_segmentation_matches_reference_closed_then_first_copy_then_ema(distance):
-    reg = make_regularizer(momentum=0.9, distance=distance)
+def test_segmentation_matches_reference_closed_then_first_copy_then_ema(distance, device):
+    reg = make_regularizer(momentum=0.9, distance=distance).to(device)
     ref = ReferenceSAR(C, momentum=0.9, distance=distance)
-    features, labels = segmentation_batch()
+    features, labels = segmentation_batch(device=device)
 
     closed, ref_closed = run_both(reg, ref, confident_classifier(reg, 0.5), features, labels)
     assert ref_closed["gate_passed"] == 0.0
@@ -66,23 +67,23 @@ def test_segmentation_matches_reference_closed_then_first_copy_then_ema(distance
     first, ref_first = run_both(reg, ref, head, features, labels)
     assert ref_first["gate_passed"] == 1.0
     assert_matches(first, ref_first)
-    assert torch.allclose(reg.semantic_anchors, torch.tensor(ref.ema, dtype=torch.float64))
+    assert torch.allclose(reg.semantic_anchors.cpu(), torch.tensor(ref.ema, dtype=torch.float64))
 
     with torch.no_grad():  # move the projector so the EMA blends a different z
         reg.projector[0].weight.add_(0.05 * torch.randn_like(reg.projector[0].weight))
     later, ref_later = run_both(reg, ref, head, features, labels)
     assert ref_later["gate_passed"] == 1.0
     assert_matches(later, ref_later)
-    assert torch.allclose(reg.semantic_anchors, torch.tensor(ref.ema, dtype=torch.float64))
+    assert torch.allclose(reg.semantic_anchors.cpu(), torch.tensor(ref.ema, dtype=torch.float64))
     assert reg.num_updates.item() == 2
 
 
-def test_classification_matches_reference_with_ignored_labels():
-    reg = make_regularizer(momentum=0.5, trade_off=0.3, trade_off_ce=2.0)
+def test_classification_matches_reference_with_ignored_labels(device):
+    reg = make_regularizer(momentum=0.5, trade_off=0.3, trade_off_ce=2.0).to(device)
     ref = ReferenceSAR(C, momentum=0.5, trade_off=0.3, trade_off_ce=2.0)
     g = torch.Generator().manual_seed(1)
-    features = torch.rand(9, D, generator=g, dtype=torch.float64)
-    labels = torch.tensor([0, 1, 2, 3, 255, 1, 0, 255, 3])
+    features = torch.rand(9, D, generator=g, dtype=torch.float64).to(device)
+    labels = torch.tensor([0, 1, 2, 3, 255, 1, 0, 255, 3], device=device)
     head = confident_classifier(reg, 40.0)
     for _ in range(3):
         ours, theirs = run_both(reg, ref, head, features, labels)
@@ -175,10 +176,10 @@ def test_same_keys_whether_gate_is_closed_or_open():
     assert closed["gate_opened"].item() == 0.0 and opened["gate_opened"].item() == 1.0
 
 
-def test_state_dict_round_trip_restores_gate_and_ema():
-    reg = make_regularizer(momentum=0.9)
+def test_state_dict_round_trip_restores_gate_and_ema(device):
+    reg = make_regularizer(momentum=0.9).to(device)
     head = confident_classifier(reg, 40.0)
-    features, labels = segmentation_batch()
+    features, labels = segmentation_batch(device=device)
     reg(features, labels, head)
     buffer = io.BytesIO()
     torch.save(reg.state_dict(), buffer)
@@ -186,6 +187,7 @@ def test_state_dict_round_trip_restores_gate_and_ema():
 
     torch.manual_seed(123)  # a differently initialised twin
     twin = SemanticAnchorRegularizer(C, D, momentum=0.9, anchor_seed=7).double().train()
+    twin.to(device)
     assert not twin.gate_opened
     twin.load_state_dict(torch.load(buffer))
     for name in ("anchors", "semantic_anchors", "gate_opened", "num_updates"):
@@ -247,14 +249,14 @@ def test_callable_classifier_is_accepted():
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
 
 
-def test_anchor_branch_runs_in_float32_under_autocast():
+def test_anchor_branch_runs_in_float32_under_autocast(device):
     torch.manual_seed(0)
-    reg = SemanticAnchorRegularizer(C, D).train()
-    head = nn.Conv2d(D, C, 1)
-    features = torch.rand(2, D, 4, 4)
-    labels = torch.randint(0, C, (2, 4, 4))
+    reg = SemanticAnchorRegularizer(C, D).train().to(device)
+    head = nn.Conv2d(D, C, 1).to(device)
+    features = torch.rand(2, D, 4, 4).to(device)
+    labels = torch.randint(0, C, (2, 4, 4)).to(device)
     plain = reg(features, labels, head)["anchor_ce"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         mixed = reg(features.bfloat16(), labels, head)
     assert mixed["anchor_ce"].dtype == torch.float32
     assert mixed["anchor_ce"].item() == pytest.approx(plain.item(), rel=1e-6)

@@ -53,8 +53,9 @@ def linear_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(144, NUM_CLASSES))
 
 
-def quiet_fit(model: nn.Module, loader: DataLoader, **kwargs) -> pd.DataFrame:
-    return fit(model, loader, device=CPU, progress=False, **kwargs)
+def quiet_fit(model: nn.Module, loader: DataLoader, device: torch.device = CPU,
+              **kwargs) -> pd.DataFrame:
+    return fit(model, loader, device=device, progress=False, **kwargs)
 
 
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
@@ -81,10 +82,10 @@ class PoisonAfter(Dataset):
 
 
 # ----------------------------------------------------------------------------------- fit
-def test_sar_fit_lowers_loss_and_logs_sar_keys() -> None:
+def test_sar_fit_lowers_loss_and_logs_sar_keys(device: torch.device) -> None:
     images, labels = blob_images(16)
     model = sar_classifier()
-    history = quiet_fit(model, loader_of(TensorDataset(images, labels), shuffle=False),
+    history = quiet_fit(model, loader_of(TensorDataset(images, labels), shuffle=False), device,
                         epochs=30, lr=0.05, schedule="constant")
     assert list(history.columns[:5]) == ["epoch", "step", "lr", "task_loss", "loss"]
     assert set(history.columns[5:]) == SAR_KEYS
@@ -142,10 +143,10 @@ def test_lr_follows_schedule(schedule: str) -> None:
 
 # ---------------------------------------------------------------------- checkpoint/resume
 @pytest.mark.parametrize("seeded_loader", [True, False])
-def test_resume_equals_uninterrupted_run(tmp_path, seeded_loader: bool) -> None:
+def test_resume_equals_uninterrupted_run(tmp_path, seeded_loader: bool, device) -> None:
     images, labels = blob_images(64)
     seed, other_seed = (0, 99) if seeded_loader else (None, None)
-    options = dict(epochs=2, lr=0.05, schedule="constant", warmup_steps=6)
+    options = dict(epochs=2, lr=0.05, schedule="constant", warmup_steps=6, device=device)
     sar = dict(update_conf=0.3, momentum=0.9)  # the gate opens early: EMA and pull both run
 
     straight = sar_classifier(**sar)
@@ -166,9 +167,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, seeded_loader: bool) -> None:
     assert load_checkpoint(path, sar_classifier(**sar))["epoch"] == 2
 
 
-def test_nan_stops_training_keeps_last_checkpoint_and_resumes(tmp_path) -> None:
+def test_nan_stops_training_keeps_last_checkpoint_and_resumes(tmp_path, device) -> None:
     images, labels = blob_images(64)
-    options = dict(epochs=2, lr=0.05, schedule="cosine")
+    options = dict(epochs=2, lr=0.05, schedule="cosine", device=device)
     straight = sar_classifier()
     expected = quiet_fit(straight, loader_of(TensorDataset(images, labels)), **options)
 
