@@ -139,3 +139,4 @@ def test_classification_data_refuses_float_labels_instead_of_truncating():
         sar_data.ClassificationDataset(images, torch.tensor([0.0, 0.5, 1.0, 1.5]))
     with pytest.raises(TypeError, match="integer tensor of class ids"):
         sar_data.make_long_tailed(torch.tensor([0.0, 1.0, 1.0]), 2.0)
+

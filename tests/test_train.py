@@ -301,3 +301,15 @@ def test_gate_opened_step_is_the_first_logged_open_step() -> None:
     assert gate_opened_step(history) == 10
     assert gate_opened_step(history.assign(gate_opened=0.0)) is None
     assert gate_opened_step(history.drop(columns="gate_opened")) is None  # a run without SAR
+
+
+def test_a_bfloat16_model_trains_and_scores_with_float32_inputs_from_the_loader():
+    torch.manual_seed(0)
+    model = SARSegmentationModel(build_smp_model("FPN", "resnet18", 3)).bfloat16()
+    images, masks = torch.rand(4, 3, 64, 64), torch.randint(0, 3, (4, 64, 64))  # float32 in
+    batches = DataLoader(TensorDataset(images, masks), batch_size=2)
+    history = fit(model, batches, epochs=1, lr=0.01, device="cpu", progress=False)
+    assert np.isfinite(history["loss"]).all()  # used to fail: input and weight dtypes differ
+    assert model.regularizer.semantic_anchors.dtype == torch.float32
+    scores = evaluate(model, batches, num_classes=3, task="segmentation", device="cpu")
+    assert 0 <= scores["mIoU"] <= 1

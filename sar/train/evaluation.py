@@ -19,9 +19,22 @@ from ..labels import AUTO, class_labels, resolve_ignore_index
 TASKS = ("classification", "segmentation")
 
 
-def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def input_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the network's parameters (the wrapped network's for a wrapper,
+    whose regulariser stays float32): what inputs must be cast to for a ``.half()`` or
+    ``.bfloat16()`` model. None for a model without floating parameters."""
+    network = getattr(unwrap(model), "model", unwrap(model))
+    return next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
+
+
+def _batch(batch: Any, device: torch.device,
+           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` on ``device``; floating inputs cast to ``dtype`` when given."""
     x, y = batch[0], class_labels(batch[1])  # refuses float masks before any cast
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True)
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)
+    return x, y.to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -200,7 +213,7 @@ def evaluate(
     sampler = _PointSampler(max_feature_points, ignore_index) if features else None
     with _inference(model):
         for batch in loader:
-            x, y = _batch(batch, device)
+            x, y = _batch(batch, device, input_dtype(model))
             feats, logits = _features_and_logits(model, x, features)
             scores.update(logits, y)
             if sampler is not None:
@@ -251,6 +264,6 @@ def collect_features(
     sampler = _PointSampler(max_points, ignore_index)
     with _inference(model):
         for batch in loader:
-            x, y = _batch(batch, device)
+            x, y = _batch(batch, device, input_dtype(model))
             sampler.update(_features_and_logits(model, x, True)[0], y)
     return sampler.result()

@@ -20,7 +20,7 @@ from ..distributed import unwrap
 from ..labels import AUTO, resolve_ignore_index
 from ..models import RegularizedModel
 from .checkpoint import PathLike, _records, _rng_state, load_checkpoint, save_checkpoint
-from .evaluation import _batch
+from .evaluation import _batch, input_dtype
 from .optim import OPTIMIZERS, SCHEDULES, _amp_dtype, _make_optimizer, _total_steps, lr_factor
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -73,6 +73,7 @@ class _Trainer:
         self.checkpoint: Path | None = None
         # fit accepts a DDP-wrapped model: the regulariser lives in ``.module``
         self.regularized = isinstance(unwrap(model), RegularizedModel)
+        self.input_dtype = input_dtype(model)  # a .half()/.bfloat16() model gets its own dtype
 
     def losses(
         self, x: torch.Tensor, y: torch.Tensor
@@ -97,7 +98,7 @@ class _Trainer:
         self.check_ignore = None  # once is enough
 
     def train_step(self, batch: Any, epoch: int) -> None:
-        x, y = _batch(batch, self.device)
+        x, y = _batch(batch, self.device, self.input_dtype)
         lr = self.optimizer.param_groups[0]["lr"]
         task, loss, reg = self._finite_losses(x, y, epoch, lr)
         self.optimizer.zero_grad(set_to_none=True)
