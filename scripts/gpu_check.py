@@ -15,6 +15,8 @@ and the next step runs (details in scripts/gpu_check_steps.py):
   torchrun   DDP over NCCL, one rank per GPU (at most 2): the ranks agree on the SAR state
   benchmark  SAR / plain train-step time and peak memory, smp Unet, FPN, DeepLabV3+ with
              resnet18 and resnet50 at 8x3x512x512, and plain throughput (images/s)
+  configs    each paper-scale config's model, crop and per-GPU batch: ms per step, minutes per
+             1k iterations and peak memory (scripts/gpu_check_configs.py)
   notebook   notebook 03 under nbval, its GPU section in full mode, every cell timed
 
 Writes REPORT.md, steps.csv, figures.csv, one CSV per table and logs/<step>.log; prints the
@@ -39,13 +41,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpu_check_steps import REPO, STEPS, Plan, StepResult, ddp_worker
+from gpu_check_configs import step_configs
+from gpu_check_steps import REPO, Plan, StepResult, ddp_worker
+from gpu_check_steps import STEPS as CORE_STEPS
+
+# the configs step runs before the notebook, which gets whatever time the others leave
+STEPS = {**{name: step for name, step in CORE_STEPS.items() if name != "notebook"},
+         "configs": step_configs, "notebook": CORE_STEPS["notebook"]}
 
 GPU_BUDGET_S = 470.0  # the slot's 8 minutes, less the shell's payload install
 DRY_RUN_BUDGET_S = 170.0  # the CI test allows 3 minutes
 # the most each step may take (seconds); the last step gets whatever the budget leaves
 STEP_CAPS_S = {"env": 60, "payload": 90, "tests": 150, "amp": 120, "torchrun": 150,
-               "benchmark": 240, "notebook": 480}
+               "benchmark": 240, "configs": 90, "notebook": 480}
 REPORT_RESERVE_S = 5.0  # kept back for writing the report
 MIN_STEP_S = 10.0  # a step is skipped rather than started with less than this
 

@@ -26,7 +26,7 @@ from gpu_check_steps import NOTEBOOK, Plan, lifted_copy  # noqa: E402
 
 DRY_RUN_OUT = REPO / "results" / "gpu_dry_run"
 DRY_RUN_LIMIT_S = 180
-STEPS = ["env", "payload", "tests", "amp", "torchrun", "benchmark", "notebook"]
+STEPS = ["env", "payload", "tests", "amp", "torchrun", "benchmark", "configs", "notebook"]
 
 
 def test_cpu_dry_run_runs_every_step_and_writes_the_report() -> None:
@@ -108,3 +108,12 @@ def test_the_pinned_payload_never_carries_what_the_gpu_image_has() -> None:
     assert pinned and "torch" in machine and "segmentation-models-pytorch" in pinned
     assert not set(pinned) & set(machine)
     assert all(version is not None for version in pinned.values())
+
+
+def test_the_configs_step_measures_every_paper_config() -> None:
+    with (DRY_RUN_OUT / "configs.csv").open() as file:  # written by the dry run above
+        rows = list(csv.DictReader(file))
+    configs = sorted(p.stem for p in (REPO / "configs").glob("*.json")
+                     if not p.stem.startswith("fashion_scenes"))
+    assert sorted(row["config"] for row in rows) == configs
+    assert all(float(row["ms_per_step"]) > 0 for row in rows)
