@@ -1,4 +1,4 @@
-"""One look: fixed method and class colours across plots, readable labels."""
+"""One look: fixed method and class colours across plots, readable labels, the SAR diagram."""
 
 from __future__ import annotations
 
@@ -219,3 +219,29 @@ def test_embedding_legend_can_be_left_out_or_name_the_stars() -> None:
     plots.figure_legend(fig, axes[-1])
     assert all(panel.get_legend() is None for panel in axes)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["0", "1", "anchor"]
+
+
+def test_the_pipeline_diagram_names_every_stage_and_the_full_loss() -> None:
+    fig = plots.plot_sar_pipeline()
+    text = " ".join(t.get_text() for ax in fig.axes for t in ax.texts).replace("\n", " ")
+    for stage in ("anchors A", "projector g", "projected anchors g(A)", "shared classifier W",
+                  "gate", "EMA", "semantic anchors", "L_pull", "L_anchor", "encoder",
+                  "feature f", "logits", "CE(logits, y)", "image x"):
+        assert stage in text, stage
+    assert "L = CE + 1.0·L_anchor + 0.1·L_pull" in text
+    assert "update_conf 0.8" in text and "filter_conf 0.9" in text
+    assert "momentum 0.999" in text
+    assert fig.get_size_inches()[0] <= 13  # fits a notebook's width at 100 dpi
+
+
+def test_the_diagram_follows_the_regulariser_it_is_given() -> None:
+    from sar import SemanticAnchorRegularizer
+
+    assert plots.sar_defaults() == {"trade_off_ce": 1.0, "trade_off": 0.1, "filter_conf": 0.9,
+                                    "update_conf": 0.8, "momentum": 0.999}
+    reg = SemanticAnchorRegularizer(4, 8, trade_off=1.0, trade_off_ce=3.0, momentum=0.99)
+    assert plots.loss_equation(reg) == "L = CE + 3.0·L_anchor + 1.0·L_pull"
+    _, ax = plt.subplots()
+    fig = plots.plot_sar_pipeline(reg, ax=ax)
+    assert fig is ax.figure and not ax.axison
+    assert any("momentum 0.99 " in t.get_text() + " " for t in ax.texts)

@@ -5,8 +5,10 @@ Figure for multi-panel plots) and never calls ``plt.show()``, so the same code s
 notebooks, scripts and tests. Call :func:`use_style` once for the house style. A method keeps
 one colour across all plots through :func:`method_color` (:data:`METHOD_COLORS`), a class
 through :func:`class_palette` (a "background" class is black everywhere).
+:func:`plot_sar_pipeline` draws the whole method as one diagram.
 """
 
+from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding
 from .results import plot_bars, plot_per_class, plot_sweep, sweep_summary
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
@@ -50,6 +52,7 @@ __all__ = [
     "cosine_matrix",
     "figure_legend",
     "level_colors",
+    "loss_equation",
     "method_color",
     "method_label",
     "plot_anchor_cosines",
@@ -58,6 +61,7 @@ __all__ = [
     "plot_embedding",
     "plot_metric_curves",
     "plot_per_class",
+    "plot_sar_pipeline",
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",
     "plot_sweep",
@@ -65,6 +69,7 @@ __all__ = [
     "plot_value_histograms",
     "pretty_label",
     "readable_log_axis",
+    "sar_defaults",
     "sweep_summary",
     "tick_labels",
     "use_style",
