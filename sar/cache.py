@@ -18,7 +18,8 @@ flag of :mod:`sar.config` is part of the key) never overwrite, nor read, full-ru
   existing files and overwrites them with the fresh result.
 * Safety: files are written atomically (a temporary file in the same folder, then
   ``os.replace``), so an interrupted run leaves the previous file or none, never half a file.
-  An unreadable file is recomputed with a :class:`CacheWarning`.
+  An unreadable file is recomputed with a :class:`CacheWarning`; a result that cannot be
+  saved (unpicklable, disk full) is returned all the same, with a warning.
 * What: anything ``torch.save`` pickles: tensors, state dicts, DataFrames, dicts of those.
   Prefer a state dict to a whole ``nn.Module`` (the pickle then needs the same class code).
   Loading unpickles, so only load caches you wrote yourself.
@@ -187,8 +188,13 @@ def cached(
                 print(f"{name}: loaded from {path}")
             return value
     value = compute()
-    _save_atomic(path, {"format": FORMAT_VERSION, "name": name, "config": expected,
-                        "smoke": smoke, "value": value})
+    try:
+        _save_atomic(path, {"format": FORMAT_VERSION, "name": name, "config": expected,
+                            "smoke": smoke, "value": value})
+    except Exception as err:  # unpicklable value, full disk: keep the result, say why
+        warnings.warn(f"{name}: computed but not cached ({type(err).__name__}: {err})",
+                      CacheWarning, stacklevel=2)
+        return value
     if verbose:
         print(f"{name}: computed and saved to {path}")
     return value

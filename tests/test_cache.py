@@ -102,6 +102,12 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_debris(
     assert C.cache_path("run", {"epochs": 3}, tmp_path).read_bytes() == before
 
 
+def test_a_result_that_cannot_be_saved_is_still_returned(tmp_path: Path) -> None:
+    with pytest.warns(C.CacheWarning, match="computed but not cached"):
+        value = C.cached("run", {"epochs": 3}, lambda: {"f": lambda: 1}, folder=tmp_path)
+    assert value["f"]() == 1 and not list(tmp_path.iterdir())
+
+
 def test_smoke_and_full_runs_use_separate_files(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     compute = Counter()
