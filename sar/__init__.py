@@ -7,7 +7,8 @@ any of them by name.
 
 The heavier parts load on first use, so ``import sar`` stays quick: ``sar.train`` (fit,
 evaluate, the run command), ``sar.data``, ``sar.metrics``, ``sar.plots`` (matplotlib),
-``sar.experiments``, ``sar.distributed`` and ``sar.benchmark``.
+``sar.cache`` (load a result if it is there, else compute it), ``sar.experiments``,
+``sar.distributed`` and ``sar.benchmark``.
 """
 
 import importlib
@@ -37,8 +38,8 @@ from .regularizer import SemanticAnchorRegularizer
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("benchmark", "data", "distributed", "experiments", "methods", "metrics",
-                 "plots", "train")
+_LAZY_MODULES = ("benchmark", "cache", "data", "distributed", "experiments", "methods",
+                 "metrics", "plots", "train")
 
 
 def __getattr__(name: str):

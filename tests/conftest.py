@@ -32,6 +32,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the network: a missing dataset raises instead of downloading (a test
+    of the download path passes ``download=True`` and fakes torchvision)."""
+    monkeypatch.setenv("SAR_DOWNLOAD", "0")
+
+
 @pytest.fixture
 def device() -> torch.device:
     """The device named by ``$SAR_TEST_DEVICE`` (default ``cpu``).

@@ -194,17 +194,141 @@ def test_load_fashion_mnist_from_env_var(no_fashion: Path, monkeypatch) -> None:
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(no_fashion: Path) -> None:
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(D.DatasetNotFoundError) as info:
         D.load_fashion_mnist("train")
     message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError) and info.value.__context__ is None
     assert "sudo apt-get install dataset-fashion-mnist" in message
+    assert "pip install torchvision" in message and "conda install" in message
     assert "download=True" in message and D.DATA_DIR_ENV in message
+    assert str(no_fashion / "repo-data" / "fashion-mnist") in message  # where to copy files
     assert str(no_fashion / "debian") in message and str(no_fashion / "repo-data") in message
-    images, labels, classes, description = D.load_classification_data("fashion-mnist")
+    assert "No download was tried" in message
+
+
+def test_fashion_mnist_never_silently_becomes_digits(no_fashion: Path) -> None:
+    with pytest.raises(D.DatasetNotFoundError, match="was not found"):
+        D.load_classification_data("fashion-mnist")
+    with pytest.raises(D.DatasetNotFoundError):  # the scenes need it too
+        D.make_fashion_scenes(2, size=32)
+    images, _, classes, description = D.load_classification_data("digits", "test")
     assert images.shape[1:] == (8, 8) and classes == D.DIGITS_CLASSES
-    assert "not found" in description and "digits" in description
-    with pytest.raises(FileNotFoundError):
-        D.load_classification_data("fashion-mnist", fallback=False)
+    assert "digits" in description
+
+
+class FakeFashionMNIST:
+    """Stands in for torchvision's FashionMNIST: "downloads" tiny IDX files, offline."""
+
+    calls: list[tuple[str, bool, bool]] = []
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        FakeFashionMNIST.calls.append((root, train, download))
+        write_fake_fashion(Path(root) / "FashionMNIST" / "raw", gz=False)
+
+
+def fake_torchvision(monkeypatch: pytest.MonkeyPatch, dataset: type) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", dataset)
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_missing_fashion_mnist_is_downloaded_into_data(no_fashion: Path, monkeypatch,
+                                                       how: str) -> None:
+    FakeFashionMNIST.calls = []
+    fake_torchvision(monkeypatch, FakeFashionMNIST)
+    if how == "environment":
+        monkeypatch.setenv(D.DOWNLOAD_ENV, "1")
+    x, y = D.load_fashion_mnist("test", download=True if how == "argument" else None)
+    assert x.shape == (12, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert FakeFashionMNIST.calls == [(str(no_fashion / "repo-data"), False, True)]
+    raw = no_fashion / "repo-data" / "FashionMNIST" / "raw"
+    assert D.find_fashion_mnist("train") == raw
+    _, _, classes, description = D.load_classification_data("fashion-mnist", "train")
+    assert classes == D.FASHION_MNIST_CLASSES and str(raw) in description
+    assert len(FakeFashionMNIST.calls) == 1  # found on disk the second time
+
+
+def test_download_goes_to_the_data_dir_variable(no_fashion: Path, monkeypatch) -> None:
+    FakeFashionMNIST.calls = []
+    fake_torchvision(monkeypatch, FakeFashionMNIST)
+    monkeypatch.setenv(D.DATA_DIR_ENV, str(no_fashion / "mine"))
+    D.load_fashion_mnist("train", download=True)
+    assert FakeFashionMNIST.calls[0][0] == str(no_fashion / "mine")
+
+
+def test_offline_download_stops_with_one_message(no_fashion: Path, monkeypatch) -> None:
+    class Offline:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            import urllib.error
+
+            try:
+                raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+            except urllib.error.URLError as err:
+                raise RuntimeError("Error downloading train-images-idx3-ubyte.gz") from err
+
+    fake_torchvision(monkeypatch, Offline)
+    with pytest.raises(D.DatasetNotFoundError) as info:
+        D.load_fashion_mnist("train", download=True)
+    message = str(info.value)
+    assert "Downloading it failed: RuntimeError: Error downloading" in message
+    assert "sudo apt-get install dataset-fashion-mnist" in message
+    assert info.value.__cause__ is None and info.value.__context__ is None  # no chained trace
+
+
+def test_download_without_torchvision_says_so(no_fashion: Path, monkeypatch) -> None:
+    def no_torchvision(split: str, root: Path) -> None:
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    monkeypatch.setattr(D.sources, "_download_fashion_mnist", no_torchvision)
+    with pytest.raises(D.DatasetNotFoundError, match="torchvision is not installed"):
+        D.load_fashion_mnist("train", download=True)
+
+
+def test_fashion_mnist_in_data_fashion_mnist_folder(no_fashion: Path) -> None:
+    images, _ = write_fake_fashion(no_fashion / "repo-data" / "fashion-mnist")
+    assert torch.equal(D.load_fashion_mnist("train")[0], torch.from_numpy(images))
+
+
+def test_fashion_subset_reproduces_the_notebooks_subsets(no_fashion: Path) -> None:
+    write_fake_fashion(no_fashion / "repo-data", n=40)
+    images, labels, names, _ = D.load_classification_data("fashion-mnist", "train")
+    test_images, test_labels, _, _ = D.load_classification_data("fashion-mnist", "test")
+    # notebooks 01 and 05: a seeded draw for training, the first test images
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))[:16]
+    train_set = D.ClassificationDataset(images[pick], labels[pick])
+    test_set = D.ClassificationDataset(test_images[:8], test_labels[:8], mean=train_set.mean,
+                                       std=train_set.std)
+    subset = D.fashion_subset(16, 8, seed=3)
+    assert torch.equal(subset.train.images, train_set.images)
+    assert torch.equal(subset.train.labels, train_set.labels)
+    assert torch.equal(subset.test.images, test_set.images)
+    assert subset.class_names == names and "seed 3" in subset.description
+    # notebook 02: seed 0 for training, seed 1 for the test draw
+    test_pick = torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(1))[:8]
+    train, test, _, description = D.fashion_subset(16, 8, seed=0, test_seed=1)
+    assert torch.equal(test.labels, test_labels[test_pick])
+    assert torch.equal(test.mean, train.mean) and "drawn with seed 1" in description
+    train_loader, test_loader = subset.loaders(batch_size=4, test_batch_size=5, seed=0)
+    assert [len(y) for _, y in test_loader] == [5, 3]
+    first = next(iter(train_loader))[1]
+    assert torch.equal(first, next(iter(subset.loaders(4, seed=0)[0]))[1])  # seeded order
+    with pytest.raises(ValueError, match="train_size"):
+        D.fashion_subset(41, 8)
+
+
+def test_cap_per_class_matches_notebook_03_balanced() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 3 + [2] * 20)
+    keep = D.cap_per_class(labels, per_class=10, seed=0)
+    assert torch.bincount(labels[keep]).tolist() == [10, 3, 10]
+    assert len(set(keep.tolist())) == len(keep)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    expected = torch.cat([order[labels[order] == c][:10] for c in labels.unique()])
+    assert torch.equal(keep, expected)
+    assert not torch.equal(D.cap_per_class(labels, 10, seed=1), keep)
+    assert len(D.cap_per_class(torch.zeros(0, dtype=torch.long), 5)) == 0
+    with pytest.raises(ValueError, match="per_class"):
+        D.cap_per_class(labels, 0)
 
 
 def test_missing_cifar_raises(no_fashion: Path) -> None:

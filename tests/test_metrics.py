@@ -22,6 +22,7 @@ from sar.metrics import (
     per_class_accuracy,
     pixel_accuracy,
     representation_metrics,
+    segmentation_summary,
     shot_accuracy,
 )
 
@@ -127,6 +128,24 @@ def test_iou_pixel_accuracy_hand_computed():
     assert math.isnan(iou[2])
     assert mean_iou(conf) == pytest.approx((0.5 + 4 / 7) / 2)
     assert pixel_accuracy(conf) == pytest.approx(0.7)
+
+
+def test_segmentation_summary_leaves_background_out_of_the_item_miou():
+    scores = {"mIoU": 0.5, "pixel_accuracy": 0.9, "per_class_iou": [0.9, 0.2, math.nan, 0.4],
+              "ratio": 0.3}
+    row = segmentation_summary(scores, gate_step=60, seconds=12.5)
+    assert list(row) == ["mIoU", "pixel accuracy", "mIoU items only",
+                         "feature compactness / separation", "gate first open (step)",
+                         "wall time (s)"]
+    assert row["mIoU items only"] == pytest.approx(0.3)  # (0.2 + 0.4) / 2, NaN skipped
+    assert row["gate first open (step)"] == 60 and row["wall time (s)"] == 12.5
+    other = segmentation_summary(scores, background=3)
+    assert other["mIoU items only"] == pytest.approx((0.9 + 0.2) / 2)
+    bare = segmentation_summary({k: scores[k] for k in ("mIoU", "pixel_accuracy",
+                                                        "per_class_iou")}, background=None)
+    assert "mIoU items only" not in bare and math.isnan(bare["feature compactness / separation"])
+    with pytest.raises(ValueError, match="background 4"):
+        segmentation_summary(scores, background=4)
 
 
 def test_iou_matches_sklearn_jaccard(rand_preds):

@@ -118,7 +118,7 @@ def test_training_curves_with_smoothing_and_gate_column():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == [
         "loss (rolling mean, 5 rows)",
-        "gate_opened",
+        "gate opened",  # raw column names become labels
         "val_acc (rolling mean, 5 rows)",
     ]
     # Lines: loss raw, loss smoothed, gate (never smoothed), val_acc raw, val_acc smoothed.

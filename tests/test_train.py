@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from sar.data import cap_per_class
 from sar.metrics import representation_metrics
 from sar.models import SARClassifier, SARSegmentationModel, SmallCNN, build_smp_model
 from sar.train import collect_features, evaluate, fit, load_checkpoint
@@ -267,6 +268,12 @@ def test_collect_features_aligns_downsampled_labels_and_subsamples() -> None:
     again, _ = collect_features(HalfResolution(), loader, device=CPU, max_points=50)
     assert sample.shape == (50, 1) and torch.equal(sample, again)
     assert torch.equal(sample[:, 0].long(), sample_labels)
+
+    capped, capped_labels = collect_features(HalfResolution(), loader, device=CPU,
+                                             max_points=None, per_class=20, seed=1)
+    assert torch.bincount(capped_labels).tolist() == [20, 20, 20]
+    assert torch.equal(capped[:, 0].long(), capped_labels)  # features follow their labels
+    assert torch.equal(capped, feats[cap_per_class(labs, 20, seed=1)])
 
 
 def test_segmentation_fit_and_evaluate_with_features(tmp_path) -> None:

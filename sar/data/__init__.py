@@ -3,10 +3,12 @@
 Four groups of helpers live here.
 
 * **Classification sources.** :func:`load_fashion_mnist` finds the real Fashion-MNIST IDX
-  files on disk (or downloads them when asked), :func:`load_digits` gives scikit-learn's
-  bundled 8x8 digits as an always-available stand-in, :func:`load_cifar` wraps torchvision's
-  CIFAR-10/100, and :func:`load_classification_data` picks one and says which it picked.
-  All return ``(images uint8, labels int64)``.
+  files on disk, or downloads them with torchvision (offline it stops with one message
+  saying how to get them: :class:`DatasetNotFoundError`), :func:`load_digits` gives
+  scikit-learn's bundled 8x8 digits, :func:`load_cifar` wraps torchvision's CIFAR-10/100, and
+  :func:`load_classification_data` loads one by name and says where it came from (never
+  another set in its place). All return ``(images uint8, labels int64)``.
+  :func:`fashion_subset` gives the seeded Fashion-MNIST subsets the notebooks train on.
 * **Long tails.** :func:`long_tail_counts` gives per-class counts for the exponential or step
   profile (Cui et al. 2019; Cao et al. 2019), :func:`make_long_tailed` subsamples a balanced
   training set to that profile and :func:`shot_groups` splits classes into many/medium/few.
@@ -46,7 +48,10 @@ from .segmentation import SegmentationFolder, SegmentationTransform, pascal_voc
 from .sources import (
     DATA_DIR_ENV,
     DEBIAN_FASHION_MNIST_DIR,
+    DOWNLOAD_ENV,
     REPO_DATA_DIR,
+    DatasetNotFoundError,
+    download_allowed,
     fashion_mnist_search_dirs,
     find_fashion_mnist,
     load_cifar,
@@ -54,6 +59,7 @@ from .sources import (
     load_digits,
     load_fashion_mnist,
 )
+from .subsets import FashionSubset, cap_per_class, fashion_subset
 
 __all__ = [
     "BENCHMARK_NUM_CLASSES",
@@ -61,8 +67,11 @@ __all__ = [
     "ClassificationDataset",
     "DATA_DIR_ENV",
     "DEBIAN_FASHION_MNIST_DIR",
+    "DOWNLOAD_ENV",
+    "DatasetNotFoundError",
     "DIGITS_CLASSES",
     "FASHION_MNIST_CLASSES",
+    "FashionSubset",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -75,9 +84,12 @@ __all__ = [
     "SegmentationTransform",
     "ade20k",
     "benchmark_dataset",
+    "cap_per_class",
     "cityscapes",
     "cityscapes_classes",
     "cityscapes_train_ids",
+    "download_allowed",
+    "fashion_subset",
     "fashion_mnist_search_dirs",
     "find_fashion_mnist",
     "item_alpha",

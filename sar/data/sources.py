@@ -1,4 +1,4 @@
-"""Classification sources: Fashion-MNIST from disk (or a download), scikit-learn's digits, CIFAR."""
+"""Classification sources: Fashion-MNIST from disk or a download, scikit-learn's digits, CIFAR."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR_ENV = "SAR_DATA_DIR"
 
 
+DOWNLOAD_ENV = "SAR_DOWNLOAD"
+
+
 _FASHION_PREFIX = {"train": "train", "test": "t10k"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says how to get it."""
 
 
 def _check_split(split: str) -> str:
@@ -38,11 +45,29 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def download_allowed(download: bool | None = None) -> bool:
+    """``download``, or when it is ``None`` whether ``$SAR_DOWNLOAD`` allows downloads
+    (default yes; ``0``/``false``/``no``/``off`` forbid them, as the tests do)."""
+    if download is not None:
+        return download
+    return os.environ.get(DOWNLOAD_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _data_root(root: str | Path | None) -> Path:
+    """Where a download goes: ``root``, else ``$SAR_DATA_DIR``, else the repository's data/."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    return REPO_DATA_DIR
+
+
 def fashion_mnist_search_dirs(root: str | Path | None = None) -> list[Path]:
     """Folders that :func:`load_fashion_mnist` looks in, in order.
 
-    ``root`` (and its ``FashionMNIST/raw``), ``$SAR_DATA_DIR`` (likewise), the repository's
-    ``data/FashionMNIST/raw`` and ``data/``, then the Debian package's folder.
+    For ``root``, then ``$SAR_DATA_DIR``, then the repository's ``data/``: the folder itself,
+    its ``fashion-mnist/`` and its ``FashionMNIST/raw/`` (torchvision's download layout); then
+    the Debian package's folder.
     """
     bases: list[Path] = []
     if root is not None:
@@ -50,7 +75,8 @@ def fashion_mnist_search_dirs(root: str | Path | None = None) -> list[Path]:
     if os.environ.get(DATA_DIR_ENV):
         bases.append(Path(os.environ[DATA_DIR_ENV]))
     bases.append(REPO_DATA_DIR)
-    dirs = [d for base in bases for d in (base, base / "FashionMNIST" / "raw")]
+    dirs = [d for base in bases
+            for d in (base, base / "fashion-mnist", base / "FashionMNIST" / "raw")]
     dirs.append(DEBIAN_FASHION_MNIST_DIR)
     return list(dict.fromkeys(dirs))  # drop repeats, keep order
 
@@ -66,42 +92,79 @@ def find_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     return None
 
 
-def _not_found_message(split: str, root: str | Path | None) -> str:
+def _not_found_message(split: str, root: str | Path | None, reason: str | None = None) -> str:
     searched = "\n".join(f"  - {d}" for d in fashion_mnist_search_dirs(root))
     prefix = _FASHION_PREFIX[split]
+    why = (f"\nDownloading it failed: {reason}" if reason
+           else f"\nNo download was tried (download=False or {DOWNLOAD_ENV}=0).")
+    target = _data_root(root)
     return (
         f"Fashion-MNIST ({split} split: {prefix}-images-idx3-ubyte[.gz] and "
-        f"{prefix}-labels-idx1-ubyte[.gz]) was not found. Searched:\n{searched}\n"
+        f"{prefix}-labels-idx1-ubyte[.gz]) was not found. Searched:\n{searched}{why}\n"
         "Get it in one of these ways:\n"
-        "  - sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu, offline-friendly)\n"
-        "  - load_fashion_mnist(..., download=True)        (needs internet; saves to data/)\n"
-        f"  - put the four IDX files in a folder and pass root=... or set {DATA_DIR_ENV}"
+        "  - sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu, no internet needed"
+        " afterwards)\n"
+        "  - pip install torchvision (or conda install -c pytorch torchvision), then with"
+        " internet access\n"
+        f"    sar.data.load_fashion_mnist('{split}', download=True)   (saves to"
+        f" {target / 'FashionMNIST' / 'raw'})\n"
+        "  - copy the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"
+        " t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)\n"
+        f"    into {REPO_DATA_DIR / 'fashion-mnist'} or into the folder named by ${DATA_DIR_ENV}"
     )
 
 
-def _download_fashion_mnist(split: str) -> tuple[Tensor, Tensor]:
+def _download_fashion_mnist(split: str, root: Path) -> None:
+    """Fetch ``split`` with torchvision into ``root/FashionMNIST/raw/`` (IDX files)."""
     from torchvision.datasets import FashionMNIST
 
-    ds = FashionMNIST(root=str(REPO_DATA_DIR), train=split == "train", download=True)
-    return ds.data.to(torch.uint8).clone(), ds.targets.to(torch.int64).clone()
+    FashionMNIST(root=str(root), train=split == "train", download=True)
+
+
+def _download_or_explain(split: str, root: str | Path | None) -> Path:
+    """Download ``split``; the folder now holding it, or a :class:`DatasetNotFoundError`
+    carrying the one message that says what failed and how to get the data."""
+    try:
+        _download_fashion_mnist(split, _data_root(root))
+    except ImportError as err:
+        reason = f"torchvision is not installed ({err})"
+    except Exception as err:  # offline, a proxy, a mirror down: torchvision raises many kinds
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+    else:
+        folder = find_fashion_mnist(split, root)
+        if folder is not None:
+            return folder
+        reason = f"the download left no IDX files in {_data_root(root) / 'FashionMNIST/raw'}"
+    raise DatasetNotFoundError(_not_found_message(split, root, reason))
 
 
 def load_fashion_mnist(
-    split: str = "train", root: str | Path | None = None, download: bool = False
+    split: str = "train", root: str | Path | None = None, download: bool | None = None
 ) -> tuple[Tensor, Tensor]:
     """Fashion-MNIST ``split`` ("train": 60000 images, "test": 10000).
 
     Returns ``images`` uint8 ``(N, 28, 28)`` and ``labels`` int64 ``(N,)`` with values 0..9
     (names in :data:`FASHION_MNIST_CLASSES`). See :func:`fashion_mnist_search_dirs` for where
-    it looks; ``download=True`` fetches it with torchvision into ``data/`` when nothing is found.
-    Raises ``FileNotFoundError`` saying how to get the data otherwise.
+    it looks. When nothing is found it downloads the data with torchvision into
+    ``root``/``$SAR_DATA_DIR``/``data/`` (``FashionMNIST/raw/``), unless ``download=False``
+    or ``$SAR_DOWNLOAD=0`` (``download=None`` reads that variable).
+
+    Raises:
+        DatasetNotFoundError: (a ``FileNotFoundError``) not on disk and not downloadable; one
+            message lists the folders searched, why the download failed and the three ways to
+            get the data, with no chained traceback.
+        ValueError: files that are not Fashion-MNIST-shaped IDX files.
     """
     split = _check_split(split)
     folder = find_fashion_mnist(split, root)
     if folder is None:
-        if download:
-            return _download_fashion_mnist(split)
-        raise FileNotFoundError(_not_found_message(split, root))
+        if not download_allowed(download):
+            raise DatasetNotFoundError(_not_found_message(split, root))
+        folder = _download_or_explain(split, root)
+    return _read_fashion_folder(folder, split)
+
+
+def _read_fashion_folder(folder: Path, split: str) -> tuple[Tensor, Tensor]:
     prefix = _FASHION_PREFIX[split]
     image_path = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
     label_path = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
@@ -176,7 +239,7 @@ def load_cifar(
     found = _cifar_root(name, root)
     if found is None and not download:
         where = Path(root) if root is not None else REPO_DATA_DIR
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{name}: folder {_CIFAR_FOLDERS[name]}/ not found under {where}"
             f"{' or $' + DATA_DIR_ENV if os.environ.get(DATA_DIR_ENV) else ''}. "
             f"Pass download=True (needs internet) or put the extracted archive there."
@@ -192,34 +255,29 @@ def load_cifar(
 
 
 def load_classification_data(
-    name: str = "fashion-mnist", split: str = "train", fallback: bool = True
+    name: str = "fashion-mnist", split: str = "train", root: str | Path | None = None,
+    download: bool | None = None,
 ) -> tuple[Tensor, Tensor, tuple[str, ...], str]:
     """A classification set by name, with a sentence saying where it came from.
 
     ``name`` is "fashion-mnist", "digits", "cifar10" or "cifar100". Returns ``images`` uint8
     (``(N, H, W)`` grey or ``(N, 3, H, W)`` colour), ``labels`` int64 ``(N,)``, class names and
-    a description to print. When Fashion-MNIST is missing and ``fallback`` is true the digits
-    (also grey, 10 classes) stand in and the description says so; CIFAR never falls back.
+    a description to print. A missing dataset is downloaded (Fashion-MNIST: see
+    :func:`load_fashion_mnist`; CIFAR only with ``download=True``) or raises
+    :class:`DatasetNotFoundError`; no set ever stands in for another, so numbers computed on
+    one never silently come from another. The digits come only when asked for by name.
     """
     key = name.lower().replace("_", "-")
     if key == "digits":
         images, labels = load_digits(split)
         return images, labels, DIGITS_CLASSES, f"scikit-learn digits, {split} split (8x8)"
     if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
-        images, labels, classes = load_cifar(key, split)
+        images, labels, classes = load_cifar(key, split, root, download=bool(download))
         return images, labels, classes, f"{key.upper()} {split} split from torchvision"
     if key != "fashion-mnist":
         raise ValueError(f"unknown dataset {name!r}")
     split = _check_split(split)
-    folder = find_fashion_mnist(split)
-    if folder is None and fallback:
-        images, labels = load_digits(split)
-        description = (
-            f"Fashion-MNIST not found, so using scikit-learn's 8x8 digits ({split} split, "
-            f"{len(labels)} images) instead. For the real data: "
-            "sudo apt-get install dataset-fashion-mnist, or load_fashion_mnist(download=True)."
-        )
-        return images, labels, DIGITS_CLASSES, description
-    images, labels = load_fashion_mnist(split)
+    images, labels = load_fashion_mnist(split, root, download)
+    folder = find_fashion_mnist(split, root)
     description = f"Fashion-MNIST {split} split ({len(labels)} images) from {folder}"
     return images, labels, FASHION_MNIST_CLASSES, description

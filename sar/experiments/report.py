@@ -103,29 +103,42 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
 
 
 def plot_paired_differences(df: pd.DataFrame, metric: str, reference: str, by: str,
-                            ax: Any = None, title: str | None = None) -> Any:
+                            ax: Any = None, title: str | None = None,
+                            color: Any = None) -> Any:
     """Horizontal bars of each level's paired difference to ``reference`` (percentage points),
-    mean ± std over seeds, with the zero line: which changes matter beyond seed noise."""
+    mean ± std over seeds, with the zero line: which changes matter beyond seed noise.
+
+    Bars of levels that are methods take the methods' fixed colours (:mod:`sar.plots.style`);
+    ``color`` paints every bar one colour instead (e.g. SAR's, for SAR's ablations)."""
     from .. import plots
 
     diffs = paired_differences(df, metric, reference, by)
+    levels = list(dict.fromkeys(diffs[by]))
+    colors = dict.fromkeys(levels, color) if color is not None else None
     ax = plots.plot_bars(diffs.assign(**{metric: diffs[metric] * 100}), by, metric, ax=ax,
-                         horizontal=True, ylabel=f"percentage points vs {reference}",
-                         title=title or f"Δ {metric} vs {reference} (paired by seed)")
+                         horizontal=True, colors=colors,
+                         ylabel=f"percentage points vs {plots.pretty_label(reference)}",
+                         title=title or f"Δ {plots.pretty_label(metric)} vs "
+                                        f"{plots.pretty_label(reference)} (paired by seed)")
     ax.axvline(0, color="0.3", linewidth=1)
     return ax
 
 
 def plot_ablation(df: pd.DataFrame) -> Any:
-    """Figure: each ablation's paired difference to the default SAR, overall and few-shot."""
+    """Figure: each ablation's paired difference to the default SAR, overall and few-shot,
+    bars in SAR's colour."""
     import matplotlib.pyplot as plt  # matplotlib only when plotting
+
+    from .. import plots
 
     factor = df["imbalance_factor"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
                              sharey=True)
     for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
         plot_paired_differences(df, metric, "default", "setting", ax=ax,
-                                title=f"Δ {metric} vs default SAR (same seed), IF {factor:g}")
+                                color=plots.method_color("sar"),
+                                title=f"Δ {plots.pretty_label(metric)} vs default SAR (same "
+                                      f"seed), IF {factor:g}")
     fig.tight_layout()
     return fig
 
@@ -146,11 +159,10 @@ def plot_segmentation_shot_groups(df: pd.DataFrame) -> Any:
     for ax, arch in zip(axes[0], archs, strict=True):
         plots.plot_bars(long[long["setting"] == arch], "group", "IoU", hue="method", ax=ax,
                         ylabel="validation IoU (fraction)", title=f"{arch}: IoU by shot group")
-        ax.get_legend().remove()  # one legend for all panels, beside the last
-    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="upper left",
-               bbox_to_anchor=(1.0, 0.95), frameon=False,
-               title=f"method (mean ± std over {df['seed'].nunique()} seeds)")
     fig.tight_layout()
+    # one legend for all panels, beside the last (methods in their fixed colours)
+    plots.figure_legend(fig, axes[0][-1], loc="upper left", bbox_to_anchor=(1.0, 0.95),
+                        title=f"method (mean ± std over {df['seed'].nunique()} seeds)")
     return fig
 
 

@@ -6,7 +6,8 @@ Three families, all taking torch tensors (numpy arrays are converted):
   (many/medium/few-shot groups of a long-tailed benchmark).
 * **Segmentation** - :func:`confusion_matrix` and the quantities derived from it
   (:func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`), plus the streaming
-  :class:`ConfusionMeter` for evaluation loops.
+  :class:`ConfusionMeter` for evaluation loops, and :func:`segmentation_summary`, one table
+  row from a segmentation evaluation.
 * **Representation geometry** - how tightly features cluster around their class mean or
   anchor (:func:`representation_metrics`, including neural-collapse NC1) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
@@ -31,6 +32,7 @@ from .scores import (
     mean_iou,
     per_class_accuracy,
     pixel_accuracy,
+    segmentation_summary,
     shot_accuracy,
 )
 
@@ -49,5 +51,6 @@ __all__ = [
     "per_class_accuracy",
     "pixel_accuracy",
     "representation_metrics",
+    "segmentation_summary",
     "shot_accuracy",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,6 +162,40 @@ def pixel_accuracy(confusion: ArrayLike) -> float:
     conf = _tensor(confusion).double()
     total = conf.sum()
     return (conf.trace() / total).item() if total > 0 else math.nan
+
+
+def segmentation_summary(
+    scores: Mapping[str, Any],
+    background: int | None = 0,
+    gate_step: int | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """One row of a results table from the scores of ``sar.train.evaluate(task="segmentation")``.
+
+    Args:
+        scores: needs ``mIoU``, ``pixel_accuracy`` and ``per_class_iou`` (``C`` fractions,
+            NaN for a class absent from prediction and truth); ``ratio`` (from
+            ``features=True``) is used when present.
+        background: class left out of "mIoU items only" (``None``: that column is left out).
+        gate_step: the step SAR's gate first opened (``sar.train.gate_opened_step``), or None.
+        seconds: wall time of the run (s), or None.
+
+    Returns:
+        ``{"mIoU", "pixel accuracy", "mIoU items only", "feature compactness / separation",
+        "gate first open (step)", "wall time (s)"}``: fractions, a unitless ratio (NaN when
+        not measured), a step and seconds.
+    """
+    iou = torch.as_tensor(list(scores["per_class_iou"]), dtype=torch.float64)
+    row: dict[str, Any] = {"mIoU": scores["mIoU"], "pixel accuracy": scores["pixel_accuracy"]}
+    if background is not None:
+        if not 0 <= background < len(iou):
+            raise ValueError(f"background {background} is not a class of {len(iou)}")
+        items = torch.cat([iou[:background], iou[background + 1:]])
+        row["mIoU items only"] = items.nanmean().item()
+    row["feature compactness / separation"] = scores.get("ratio", math.nan)
+    row["gate first open (step)"] = gate_step
+    row["wall time (s)"] = seconds
+    return row
 
 
 class ConfusionMeter:

@@ -2,14 +2,35 @@
 
 Every function draws onto a given matplotlib ``ax`` (or creates one), returns the Axes (the
 Figure for multi-panel plots) and never calls ``plt.show()``, so the same code serves
-notebooks, scripts and tests. Call :func:`use_style` once for the house style. A class keeps
-one colour across all plots through :func:`class_palette`.
+notebooks, scripts and tests. Call :func:`use_style` once for the house style. A method keeps
+one colour across all plots through :func:`method_color` (:data:`METHOD_COLORS`), a class
+through :func:`class_palette` (a "background" class is black everywhere).
+:func:`plot_sar_pipeline` draws the whole method as one diagram.
 """
 
+from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding
 from .results import plot_bars, plot_per_class, plot_sweep, sweep_summary
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
-from .style import BACKGROUND_RGB, FIGSIZE, IGNORE_RGB, MAX_LEGEND_CLASSES, class_palette, use_style
+from .style import (
+    BACKGROUND_RGB,
+    COLUMN_LABELS,
+    FIGSIZE,
+    IGNORE_RGB,
+    MAX_LEGEND_CLASSES,
+    METHOD_COLORS,
+    METHOD_LABELS,
+    canonical_method,
+    class_palette,
+    figure_legend,
+    level_colors,
+    method_color,
+    method_label,
+    pretty_label,
+    readable_log_axis,
+    tick_labels,
+    use_style,
+)
 from .training import (
     plot_anchor_probabilities,
     plot_metric_curves,
@@ -19,23 +40,37 @@ from .training import (
 
 __all__ = [
     "BACKGROUND_RGB",
+    "COLUMN_LABELS",
     "FIGSIZE",
     "IGNORE_RGB",
     "MAX_LEGEND_CLASSES",
+    "METHOD_COLORS",
+    "METHOD_LABELS",
+    "canonical_method",
     "class_palette",
     "colorize_mask",
     "cosine_matrix",
+    "figure_legend",
+    "level_colors",
+    "loss_equation",
+    "method_color",
+    "method_label",
     "plot_anchor_cosines",
     "plot_anchor_probabilities",
     "plot_bars",
     "plot_embedding",
     "plot_metric_curves",
     "plot_per_class",
+    "plot_sar_pipeline",
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",
     "plot_sweep",
     "plot_training_curves",
     "plot_value_histograms",
+    "pretty_label",
+    "readable_log_axis",
+    "sar_defaults",
     "sweep_summary",
+    "tick_labels",
     "use_style",
 ]

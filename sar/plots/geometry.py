@@ -25,6 +25,7 @@ def plot_anchor_cosines(
     title: str = "Pairwise cosine similarity of anchors",
     is_cosine: bool = False,
     annotate: bool | None = None,
+    colorbar: bool = True,
 ) -> Axes:
     """Heatmap of pairwise cosines, diverging colour map fixed to ``[-1, 1]``.
 
@@ -35,7 +36,9 @@ def plot_anchor_cosines(
         ax: Axes to draw on; a new figure otherwise.
         title: Axes title.
         is_cosine: whether the input already is the cosine matrix.
-        annotate: write each value in its cell (default: when ``C <= 12``).
+        annotate: write each value in its cell, two decimals, never "-0.00" (default: when
+            ``C <= 12``).
+        colorbar: draw the colour bar (a grid of heatmaps shares one: draw it on one panel).
 
     Returns:
         The Axes; ``ax.images[0].get_array()`` is the ``(C, C)`` cosine matrix.
@@ -48,20 +51,23 @@ def plot_anchor_cosines(
     names = _names(class_names, num_classes)
     ax = _axes(ax)
     image = ax.imshow(cos, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
-    ax.figure.colorbar(image, ax=ax, label="cosine similarity (unitless)")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label="cosine similarity (unitless)")
     if num_classes <= 30:
-        ax.set_xticks(range(num_classes), names, rotation=90 if num_classes > 10 else 0)
+        long = max(map(len, names)) > 3
+        ax.set_xticks(range(num_classes), names, rotation=90 if long or num_classes > 10 else 0)
         ax.set_yticks(range(num_classes), names)
     ax.grid(False)
     if num_classes <= 12 if annotate is None else annotate:
         for (i, j), value in np.ndenumerate(cos):
+            text = f"{value:.2f}"
             ax.text(
                 j,
                 i,
-                f"{value:.2f}",
+                "0.00" if text == "-0.00" else text,
                 ha="center",
                 va="center",
-                fontsize=7,
+                fontsize=9 if num_classes <= 8 else 8,
                 color="white" if abs(value) > 0.6 else "black",
             )
     ax.set(title=title, xlabel="class", ylabel="class")
@@ -111,6 +117,9 @@ def plot_embedding(
     max_points: int = 3000,
     seed: int = 0,
     title: str | None = None,
+    legend: bool = True,
+    anchor_label: str = "anchor",
+    background_index: int | None = None,
 ) -> Axes:
     """2-D scatter of features coloured by class, with anchors as black-edged stars.
 
@@ -120,11 +129,17 @@ def plot_embedding(
         anchors: optional ``(C, D)`` anchors, projected by the same PCA (or embedded jointly
             with the features for t-SNE); one star per class in that class's colour.
         method: ``"pca"`` (linear, keeps global geometry) or ``"tsne"`` (local neighbourhoods).
-        class_names: names for the legend (default: class indices).
+        class_names: names for the legend (default: class indices). A class named
+            "background" is drawn black, as in the masks (:func:`class_palette`).
         ax: Axes to draw on.
-        max_points: above this many features, a seeded random subset is drawn.
+        max_points: above this many features, a seeded random subset is drawn (to show
+            every class, cap each one first: ``collect_features(..., per_class=...)``).
         seed: seed of the subsample, PCA and t-SNE.
         title: Axes title (default names the method).
+        legend: draw the class legend (a grid of panels shares one:
+            :func:`~sar.plots.style.figure_legend`).
+        anchor_label: legend name of the stars ("prototype" for a prototype baseline).
+        background_index: a class drawn black although not named "background".
     """
     feats = _numpy(features).astype(np.float64)
     labs = _numpy(labels).astype(np.int64)
@@ -135,7 +150,8 @@ def plot_embedding(
     xy, anchor_xy, (xlabel, ylabel) = _embed(feats, anc, method, seed)
 
     ax = _axes(ax)
-    palette, names = class_palette(num_classes), _names(class_names, num_classes)
+    names = _names(class_names, num_classes)
+    palette = class_palette(num_classes, background_index, class_names)
     for c in np.unique(labs):
         pts = xy[labs == c]
         ax.scatter(
@@ -154,7 +170,9 @@ def plot_embedding(
                 markeredgewidth=1.2,
                 zorder=3,
             )
-    _embedding_legend(ax, n_classes=len(np.unique(labs)), anchors=anchor_xy is not None)
+    if legend:
+        _embedding_legend(ax, n_classes=len(np.unique(labs)),
+                          anchors=anchor_label if anchor_xy is not None else None)
     shown = f"{len(keep)} points" + (" (subsampled)" if len(keep) < len(_numpy(labels)) else "")
     ax.set(
         xlabel=xlabel,
@@ -164,7 +182,7 @@ def plot_embedding(
     return ax
 
 
-def _embedding_legend(ax: Axes, n_classes: int, anchors: bool) -> None:
+def _embedding_legend(ax: Axes, n_classes: int, anchors: str | None) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if n_classes > MAX_LEGEND_CLASSES:
         handles, labels = [], []
@@ -180,7 +198,7 @@ def _embedding_legend(ax: Axes, n_classes: int, anchors: bool) -> None:
                 markeredgecolor="black",
             )
         )
-        labels.append("anchor")
+        labels.append(anchors)
     if handles:
         ax.legend(
             handles,

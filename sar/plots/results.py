@@ -6,10 +6,21 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.ticker import NullLocator
 
-from .style import ArrayLike, _axes, _names, _numpy
+from .style import (
+    ArrayLike,
+    Colour,
+    _axes,
+    _names,
+    _numpy,
+    level_colors,
+    method_label,
+    pretty_label,
+    readable_log_axis,
+    tick_labels,
+)
 
 
 def plot_per_class(
@@ -25,7 +36,8 @@ def plot_per_class(
     """Bars per class ordered by training count (descending), counts as a line on a twin axis.
 
     Args:
-        values: ``(C,)`` per-class values, or ``{method: (C,)}`` for grouped bars.
+        values: ``(C,)`` per-class values, or ``{method: (C,)}`` for grouped bars (methods
+            in their fixed colours, :func:`~sar.plots.style.level_colors`).
         counts: ``(C,)`` training samples per class; sets the order (stable for ties).
         class_names: tick labels; ticks are drawn only for up to 30 classes.
         ax: Axes to draw on; the count axis is ``ax.twinx()``.
@@ -41,7 +53,7 @@ def plot_per_class(
     ax = _axes(ax)
     width = 0.8 / len(series)
     pos = np.arange(len(n))
-    colours = sns.color_palette("deep", len(series))
+    colours = level_colors(series)
     for i, (name, vals) in enumerate(series.items()):
         v = _numpy(vals).astype(float)
         if v.shape != n.shape:
@@ -50,7 +62,7 @@ def plot_per_class(
             pos + (i - (len(series) - 1) / 2) * width,
             v[order],
             width,
-            label=str(name),
+            label=method_label(name),
             color=colours[i],
         )
     ax.set(ylabel=ylabel, xlim=(-0.6, len(n) - 0.4))
@@ -71,6 +83,7 @@ def _count_axis(ax: Axes, pos: np.ndarray, counts: np.ndarray, log: bool) -> Non
     twin.set_ylabel("training samples per class" + (" (log scale)" if log else ""))
     if log:
         twin.set_yscale("log")
+        readable_log_axis(twin.yaxis)
     twin.grid(False)
     handles = ax.get_legend_handles_labels()
     extra = twin.get_legend_handles_labels()
@@ -102,6 +115,7 @@ def plot_sweep(
     title: str | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
+    legend: str | None = "best",
 ) -> Axes:
     """Mean ± standard deviation over seeds of ``y`` against ``x``, one line per ``hue``.
 
@@ -109,16 +123,25 @@ def plot_sweep(
         df: one row per run (e.g. per seed); rows sharing ``(x, hue)`` are aggregated.
         x: numeric column for the horizontal axis (e.g. a regularisation weight).
         y: metric column.
-        hue: column whose values get separate lines (e.g. the method).
+        hue: column whose values get separate lines (e.g. the method: fixed colours and
+            display labels, :mod:`sar.plots.style`); lines follow the order of first
+            appearance in ``df``.
         ax: Axes to draw on.
         logx: logarithmic horizontal axis.
-        title, xlabel, ylabel: labels; default to the column names (give units).
+        title, xlabel, ylabel: labels; default to :func:`~sar.plots.style.pretty_label` of
+            the column names (give units).
+        legend: a matplotlib ``loc``, ``"outside"`` (right of the Axes, for many lines) or
+            ``None`` (no legend, e.g. before :func:`~sar.plots.style.figure_legend`).
 
-    Error bars are the sample standard deviation (ddof=1) over the rows of each point.
+    Error bars are the sample standard deviation (ddof=1) over the rows of each point. With
+    at most 12 distinct numeric ``x`` values there is a labelled tick at each (e.g. every
+    imbalance factor), also on a log axis.
     """
     stats = sweep_summary(df, x, y, hue)
     ax = _axes(ax)
-    for level, group in stats.groupby(hue, sort=True):
+    order = [level for level in dict.fromkeys(df[hue]) if level in set(stats[hue])]
+    for level, colour in zip(order, level_colors(order), strict=True):
+        group = stats[stats[hue] == level]
         xs = group[x].to_numpy(float) if pd.api.types.is_numeric_dtype(group[x]) else group[x]
         ax.errorbar(
             xs,
@@ -126,15 +149,37 @@ def plot_sweep(
             yerr=group["std"].to_numpy(float),
             marker="o",
             capsize=3,
-            label=str(level),
+            color=colour,
+            label=method_label(level),
         )
     if logx:
         ax.set_xscale("log")
+    _ticks_at_values(ax, stats[x])
     lo, hi = int(stats["n"].min()), int(stats["n"].max())
     seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
-    ax.legend(title=f"{hue} (mean ± std over {seeds} seeds)", frameon=False)
-    ax.set(title=title or f"{y} vs {x}", xlabel=xlabel or x, ylabel=ylabel or y)
+    _legend(ax, legend, title=f"{hue} (mean ± std over {seeds} seeds)")
+    ax.set(title=title or f"{pretty_label(y)} vs {pretty_label(x)}",
+           xlabel=xlabel or pretty_label(x), ylabel=ylabel or pretty_label(y))
     return ax
+
+
+def _ticks_at_values(ax: Axes, values: pd.Series, most: int = 12) -> None:
+    """A labelled tick at each distinct numeric value when there are few of them."""
+    if not pd.api.types.is_numeric_dtype(values):
+        return
+    distinct = np.unique(values.to_numpy(float))
+    if 0 < len(distinct) <= most:
+        ax.set_xticks(distinct, [f"{v:g}" for v in distinct])
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _legend(ax: Axes, where: str | None, title: str) -> None:
+    if where is None:
+        return
+    if where == "outside":
+        ax.legend(title=title, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(title=title, frameon=False, loc=where)
 
 
 def plot_bars(
@@ -146,11 +191,18 @@ def plot_bars(
     horizontal: bool = False,
     title: str | None = None,
     ylabel: str | None = None,
+    colors: Mapping[object, Colour] | None = None,
+    legend: str | None = "best",
 ) -> Axes:
     """Bars of the mean of ``y`` per category ``x`` (grouped by ``hue``), error bars = std.
 
-    Rows sharing ``(x, hue)`` are aggregated (e.g. seeds); categories keep their order of
-    first appearance in ``df``. Error bars are the sample standard deviation (ddof=1).
+    Rows sharing ``(x, hue)`` are aggregated (e.g. seeds); categories and hue levels keep
+    their order of first appearance in ``df``. Error bars are the sample standard deviation
+    (ddof=1). Hue levels that are methods get their fixed colours and display labels
+    (:mod:`sar.plots.style`); without ``hue``, categories that are methods are coloured so.
+    ``colors`` overrides any of these (keys: hue levels, or categories without ``hue``).
+    Category tick labels are :func:`~sar.plots.style.pretty_label` of the values, wrapped
+    rather than rotated. ``legend``: a ``loc``, ``"outside"`` or ``None``.
     """
     ax = _axes(ax)
     group_col = hue or "_all"
@@ -161,20 +213,30 @@ def plot_bars(
     width = 0.8 / len(groups)
     positions = np.arange(len(categories))
     draw = ax.barh if horizontal else ax.bar
+    colours = dict(zip(groups if hue else categories,
+                       level_colors(groups if hue else categories), strict=True))
+    colours |= dict(colors or {})
     for i, level in enumerate(groups):
         rows = stats[stats[group_col] == level].set_index(x).reindex(categories)
         offset = positions - 0.4 + width * (i + 0.5)
         err = {"xerr" if horizontal else "yerr": rows["std"].to_numpy(float)}
-        draw(offset, rows["mean"].to_numpy(float), width, label=str(level) if hue else None,
-             capsize=3, **err)
-    set_ticks, set_label = (ax.set_yticks, ax.set_xlabel) if horizontal else (ax.set_xticks,
-                                                                              ax.set_ylabel)
-    set_ticks(positions, categories, **({} if horizontal else {"rotation": 30, "ha": "right"}))
-    set_label(ylabel or y)
-    if horizontal:  # first category on top; set, not toggled, so shared axes stay right
+        colour = colours[level] if hue else [colours[c] for c in categories]
+        draw(offset, rows["mean"].to_numpy(float), width,
+             label=method_label(level) if hue else None, capsize=3, color=colour, **err)
+    if horizontal:
+        ax.set_yticks(positions, tick_labels(categories, width=40))
+        ax.set_xlabel(ylabel or pretty_label(y))
+        # first category on top; set, not toggled, so shared axes stay right
         ax.set_ylim(len(categories) - 0.5, -0.5)
+    else:
+        crowded = len(categories) > 8
+        # about 10 characters of tick label fit in an inch: wrap to the room each bar group has
+        inches = ax.get_position().width * ax.figure.get_figwidth() / len(categories)
+        ax.set_xticks(positions, tick_labels(categories, width=max(7, int(9 * inches))),
+                      **({"rotation": 30, "ha": "right"} if crowded else {}))
+        ax.set_ylabel(ylabel or pretty_label(y))
     n = int(stats["n"].max())
     if hue:
-        ax.legend(title=f"{hue} (mean ± std over {n} seeds)", frameon=False)
-    ax.set_title(title or f"{y} by {x} (mean ± std over {n} seeds)")
+        _legend(ax, legend, title=f"{hue} (mean ± std over {n} seeds)")
+    ax.set_title(title or f"{pretty_label(y)} by {pretty_label(x)} (mean ± std over {n} seeds)")
     return ax

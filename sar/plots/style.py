@@ -1,14 +1,30 @@
-"""The house style: figure size, one colour per class, and small shared helpers."""
+"""The house style: figure size, one colour per method and per class, readable labels.
+
+Every plotting function of :mod:`sar.plots` (and the README figures of
+:mod:`sar.experiments.report`) takes its colours from here, so a reader learns them once:
+
+* a **method** has one colour in every figure (:data:`METHOD_COLORS`, :func:`method_color`,
+  :func:`level_colors`); the names the notebooks display ("CE", "SAR", "prototypes", "CE
+  run") map to the same colours as the registry names (``ce``, ``sar``, ``prototype``);
+* a **class** has one colour in every figure (:func:`class_palette`); a class named
+  ``"background"`` is black in masks, embeddings and legends alike;
+* raw column names become labels (:func:`pretty_label`: ``few_accuracy`` -> "few-shot
+  accuracy") and log axes get plain tick labels (:func:`readable_log_axis`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -23,6 +39,83 @@ IGNORE_RGB = (1.0, 1.0, 1.0)
 
 
 MAX_LEGEND_CLASSES = 20  # beyond this a per-class legend hides the plot
+
+
+Colour = tuple[float, float, float]
+_TAB20: list[Colour] = [tuple(c) for c in plt.get_cmap("tab20").colors]
+
+# one colour per method of sar.methods and of the experiments' grids; variants of a method
+# take the light partner of its colour
+METHOD_COLORS: dict[str, Colour] = {
+    "ce": _TAB20[14],  # grey: the plain baseline
+    "sar": _TAB20[6],  # red
+    "sar_tuned": _TAB20[7],  # light red
+    "logit_adjusted": _TAB20[0],  # blue
+    "sar_logit_adjusted": _TAB20[8],  # purple
+    "prototype": _TAB20[2],  # orange
+    "center": _TAB20[16],  # olive
+    "etf_dr": _TAB20[4],  # green
+    "etf": _TAB20[5],  # light green
+    "sar_anchor_ce_only": _TAB20[12],  # pink
+    "sar_class_pull": _TAB20[10],  # brown
+}
+
+# how a method is written in legends and tick labels
+METHOD_LABELS: dict[str, str] = {
+    "ce": "CE",
+    "sar": "SAR",
+    "sar_tuned": "SAR (tuned)",
+    "logit_adjusted": "logit-adjusted CE",
+    "sar_logit_adjusted": "SAR + logit-adjusted CE",
+    "prototype": "prototypes",
+    "center": "center loss",
+    "etf_dr": "ETF head + DR loss",
+    "etf": "ETF head + CE",
+    "sar_anchor_ce_only": "SAR, anchor CE only",
+    "sar_class_pull": "SAR, pull to class means",
+}
+
+# other spellings the notebooks and tables use -> registry name
+METHOD_ALIASES: dict[str, str] = {
+    "cross-entropy": "ce",
+    "plain ce": "ce",
+    "prototypes": "prototype",
+    "center loss": "center",
+    "sar (both)": "sar",
+    "sar (default)": "sar",
+    "logit adjustment": "logit_adjusted",
+    "etf-dr": "etf_dr",
+    "pull off (anchor ce only)": "sar_anchor_ce_only",
+    **{label.lower(): name for name, label in METHOD_LABELS.items()},
+}
+
+# colours for levels that are not methods, when they share a figure with methods
+_RESERVE: list[Colour] = [_TAB20[i] for i in (18, 1, 3, 9, 11, 13, 17, 19, 15)]
+
+# raw result columns -> axis and tick labels
+COLUMN_LABELS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "many_accuracy": "many-shot accuracy",
+    "medium_accuracy": "medium-shot accuracy",
+    "few_accuracy": "few-shot accuracy",
+    "val_accuracy": "validation accuracy",
+    "val_few_accuracy": "validation few-shot accuracy",
+    "pixel_accuracy": "pixel accuracy",
+    "many_iou": "many-shot IoU",
+    "medium_iou": "medium-shot IoU",
+    "few_iou": "few-shot IoU",
+    "imbalance_factor": "imbalance factor",
+    "nc1": "NC1",
+    "ratio": "compactness / separation",
+    "anchor_cosine": "cosine to own anchor",
+    "anchor_cosine_other": "cosine to other anchors",
+    "task_loss": "task CE",
+    "anchor_ce": "anchor CE",
+    "min_anchor_prob": "lowest anchor probability",
+    "gate_opened": "gate opened",
+    "gate_passed": "gate passed",
+    "anchor_accuracy": "anchor accuracy",
+}
 
 
 def use_style() -> None:
@@ -44,22 +137,116 @@ def use_style() -> None:
     )
 
 
-def class_palette(num_classes: int, background_index: int | None = None) -> list[tuple]:
+def class_palette(num_classes: int, background_index: int | None = None,
+                  class_names: Sequence[str] | None = None) -> list[tuple]:
     """One RGB colour (floats in ``[0, 1]``) per class.
 
     Up to 20 classes: the ten dark ``tab20`` colours, then their ten light partners, so
     class ``c`` has the same colour whatever ``num_classes`` is (and classes 0-9 match
-    ``tab10``). Beyond 20: evenly spaced ``husl`` hues. ``background_index`` (segmentation)
-    is painted black; every other class keeps its colour.
+    ``tab10``). Beyond 20: evenly spaced ``husl`` hues. ``background_index`` (segmentation),
+    and any class whose name in ``class_names`` is ``"background"``, is painted black
+    (:data:`BACKGROUND_RGB`), as in the masks; every other class keeps its colour.
     """
     if num_classes <= 20:
-        tab20 = plt.get_cmap("tab20").colors
-        colours = [tuple(c) for c in (tab20[0::2] + tab20[1::2])[:num_classes]]
+        colours = (_TAB20[0::2] + _TAB20[1::2])[:num_classes]
     else:
         colours = [tuple(c) for c in sns.color_palette("husl", num_classes)]
-    if background_index is not None:
-        colours[background_index] = BACKGROUND_RGB
+    background = {background_index} if background_index is not None else set()
+    if class_names is not None:
+        background |= {i for i, name in enumerate(class_names[:num_classes])
+                       if str(name).strip().lower() == "background"}
+    for index in background:
+        colours[index] = BACKGROUND_RGB
     return colours
+
+
+def canonical_method(name: object) -> str | None:
+    """The registry name (``"sar"``) of a method written as the notebooks and tables do
+    (``"SAR"``, ``"prototypes"``, ``"CE run"``, ``"SAR prediction"``); None if not a method."""
+    text = re.sub(r"\s+", " ", str(name).strip().lower())
+    for candidate in (text, re.sub(r" (run|prediction|predictions)$", "", text)):
+        if candidate in METHOD_COLORS:
+            return candidate
+        if candidate in METHOD_ALIASES:
+            return METHOD_ALIASES[candidate]
+        if (snake := re.sub(r"[ -]", "_", candidate)) in METHOD_COLORS:
+            return snake
+    return None
+
+
+def method_color(name: object, default: Colour | None = None) -> Colour:
+    """The fixed colour of a method (any spelling :func:`canonical_method` knows).
+
+    Raises:
+        KeyError: an unknown method and no ``default``.
+    """
+    method = canonical_method(name)
+    if method is not None:
+        return METHOD_COLORS[method]
+    if default is not None:
+        return default
+    raise KeyError(f"{name!r} is not a known method (known: {sorted(METHOD_COLORS)})")
+
+
+def level_colors(levels: Iterable[object]) -> list[Colour]:
+    """Colours for the lines or bars of ``levels``, in order.
+
+    When at least one level is a method, methods get their fixed colours and the other
+    levels colours no method uses (in order of appearance); otherwise the ``deep`` palette.
+    """
+    levels = list(levels)
+    if not any(canonical_method(level) for level in levels):
+        return [tuple(c) for c in sns.color_palette("deep", len(levels))]
+    spare = iter(_RESERVE + [tuple(c) for c in sns.color_palette("husl", len(levels))])
+    return [method_color(level) if canonical_method(level) else next(spare) for level in levels]
+
+
+def method_label(name: object) -> str:
+    """How a level is written in a legend: a registry method name becomes its display label
+    (``"sar_logit_adjusted"`` -> "SAR + logit-adjusted CE"); anything else is kept."""
+    return METHOD_LABELS.get(str(name), str(name))
+
+
+def pretty_label(name: object) -> str:
+    """A raw column or method name as a label: :data:`COLUMN_LABELS`, then
+    :func:`method_label`; anything else is kept as written."""
+    return COLUMN_LABELS.get(str(name), method_label(name))
+
+
+def tick_labels(labels: Sequence[object], width: int = 14) -> list[str]:
+    """:func:`pretty_label` of each category, wrapped onto lines of about ``width``
+    characters, so tick labels need no rotation."""
+    return [textwrap.fill(pretty_label(label), width, break_long_words=False,
+                          break_on_hyphens=False)
+            for label in labels]
+
+
+def readable_log_axis(axis: Axis) -> None:
+    """Plain tick labels on a log axis (``0.2, 0.5, 1, 2``, not ``2 x 10^-1``); ticks at
+    1, 2 and 5 per decade when the axis spans at most two decades, one per decade beyond."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = np.log10(hi / lo) if lo > 0 else np.inf
+    subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def figure_legend(fig: Figure, ax: Axes, title: str | None = None, **kwargs) -> None:
+    """Move ``ax``'s legend to the right of ``fig``: one legend for a grid of panels.
+    Other panels' legends are removed; ``kwargs`` go to ``fig.legend``."""
+    legend = ax.get_legend()
+    if legend is None:
+        raise ValueError("the Axes has no legend to move")
+    handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+    title = title if title is not None else legend.get_title().get_text()
+    for other in fig.axes:
+        if other.get_legend() is not None:
+            other.get_legend().remove()
+    options = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5), "frameon": False}
+    fig.legend(handles, labels, title=title or None, **(options | kwargs))
 
 
 def _numpy(x: ArrayLike | Sequence) -> np.ndarray:

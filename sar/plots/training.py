@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from .results import sweep_summary
-from .style import ArrayLike, _axes, _names, _numpy, class_palette
+from .style import (
+    ArrayLike,
+    _axes,
+    _names,
+    _numpy,
+    canonical_method,
+    class_palette,
+    level_colors,
+    method_label,
+    pretty_label,
+    readable_log_axis,
+)
 
 
 def _is_binary(series: pd.Series) -> bool:
@@ -23,51 +36,84 @@ def plot_training_curves(
     columns: Sequence[str],
     x: str = "step",
     ax: Axes | None = None,
-    smooth: int = 0,
+    smooth: int | Mapping[str, int] = 0,
     title: str = "Training curves",
     xlabel: str | None = None,
     ylabel: str = "value",
     logy: bool = False,
+    secondary: Sequence[str] = (),
+    secondary_ylabel: str | None = None,
 ) -> Axes:
     """Line plot of logged columns against ``x``.
 
     Args:
         history: one row per logging step; columns may be sparse (NaN where not logged).
-        columns: columns to draw, one line each.
-        x: column for the horizontal axis (the index if absent from ``history``).
+        columns: columns to draw, one line each. Columns that name methods ("CE run", "SAR
+            run") take the methods' fixed colours (:mod:`sar.plots.style`).
+        x: column for the horizontal axis (the index if absent from ``history``); integer
+            values (steps, epochs) get integer ticks.
         ax: Axes to draw on.
-        smooth: window (rows) of a trailing rolling mean; ``0``/``1`` plot the raw values.
-            The raw curve stays visible underneath, faded. 0/1 columns such as a gate flag
-            are never smoothed and are drawn as steps.
+        smooth: window (rows) of a trailing rolling mean, one for all columns or
+            ``{column: window}`` (columns left out are not smoothed, e.g. to keep the pull's
+            step at the gate opening sharp); ``0``/``1`` plot the raw values. The raw curve
+            stays visible underneath, faded. 0/1 columns such as a gate flag are never
+            smoothed and are drawn as steps, each a little thinner and differently dashed, so
+            two flags that coincide stay visible.
         title: Axes title.
         xlabel: horizontal-axis label (default: ``x``, e.g. ``"step"``).
         ylabel: vertical-axis label; give units, e.g. ``"loss (nats)"``.
-        logy: logarithmic vertical axis.
+        logy: logarithmic vertical axis (plain tick labels).
+        secondary: columns (also listed in ``columns``) drawn against a right-hand axis, for
+            a term orders of magnitude smaller than the others (the pull beside the anchor
+            CE); the right axis is ``ax.right_ax`` and its label ``secondary_ylabel``.
     """
     missing = [c for c in columns if c not in history.columns]
+    missing += [c for c in secondary if c not in columns]
     if missing:
-        raise KeyError(f"columns {missing} not in history (have {list(history.columns)})")
+        raise KeyError(f"columns {missing} not in history or columns (have "
+                       f"{list(history.columns)})")
     ax = _axes(ax)
-    for col in columns:
+    right = ax.twinx() if secondary else None
+    if right is not None:
+        right.grid(False)
+        ax.right_ax = right
+    colours = dict(zip(columns, level_colors(columns), strict=True)) if any(
+        canonical_method(c) for c in columns) else {}
+    windows = dict(smooth) if isinstance(smooth, Mapping) else dict.fromkeys(columns, smooth)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    flags = 0
+    for i, col in enumerate(columns):
+        target = right if col in secondary else ax
+        colour = colours.get(col) or cycle[i % len(cycle)]
+        label = pretty_label(col) + (" (right axis)" if col in secondary else "")
         data = history[[col]].assign(_x=history[x] if x in history else history.index)
         data = data.dropna().sort_values("_x")
         y = data[col].astype(float)
+        window = windows.get(col, 0)
         if _is_binary(y):
-            ax.plot(data["_x"], y, drawstyle="steps-post", label=col)
-        elif smooth > 1:
-            (raw,) = ax.plot(data["_x"], y, alpha=0.25, linewidth=1)
-            ax.plot(
-                data["_x"],
-                y.rolling(smooth, min_periods=1).mean(),
-                color=raw.get_color(),
-                label=f"{col} (rolling mean, {smooth} rows)",
-            )
+            target.plot(data["_x"], y, drawstyle="steps-post", label=label, color=colour,
+                        linewidth=3.0 - 0.8 * min(flags, 2),
+                        linestyle=("-", "--", ":")[flags % 3], zorder=2 + flags)
+            flags += 1
+        elif window > 1:
+            target.plot(data["_x"], y, alpha=0.25, linewidth=1, color=colour)
+            target.plot(data["_x"], y.rolling(window, min_periods=1).mean(), color=colour,
+                        label=f"{label} (rolling mean, {window} rows)")
         else:
-            ax.plot(data["_x"], y, label=col)
+            target.plot(data["_x"], y, label=label, color=colour)
     if logy:
         ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
+    xs = history[x] if x in history else pd.Series(history.index)
+    if len(xs) and pd.api.types.is_numeric_dtype(xs) and np.allclose(xs, np.round(xs)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel)
-    ax.legend(frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    if right is not None:
+        right.set_ylabel(secondary_ylabel or ", ".join(pretty_label(c) for c in secondary))
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, frameon=False)
     return ax
 
 
@@ -90,14 +136,14 @@ def plot_metric_curves(
     Rows sharing ``(hue, x)`` (e.g. seeds) are averaged; where there are several, a shaded
     band shows ± one sample standard deviation (ddof=1). NaN values are dropped first, so a
     level whose ``y`` is all NaN (e.g. an anchor metric of a method without anchors) draws
-    nothing. A level keeps its colour (``deep`` palette, by position in ``hue_order``,
-    default: order of first appearance) across calls, so a second call with
+    nothing. A level keeps its colour (a method its fixed colour, other levels the ``deep``
+    palette by position in ``hue_order``, default: order of first appearance; see
+    :func:`~sar.plots.style.level_colors`) across calls, so a second call with
     ``linestyle="--"`` and a ``label_suffix`` can add a related column to the same Axes.
+    Registry method names are written as their display labels; a log axis gets plain ticks.
     """
-    from matplotlib.ticker import MaxNLocator
-
     order = list(hue_order) if hue_order is not None else list(dict.fromkeys(df[hue]))
-    colours = sns.color_palette("deep", len(order))
+    colours = level_colors(order)
     stats = sweep_summary(df.dropna(subset=[y]), x, y, hue)
     ax = _axes(ax)
     for i, level in enumerate(order):
@@ -106,18 +152,19 @@ def plot_metric_curves(
             continue
         xs, mean, std = (rows[c].to_numpy(float) for c in (x, "mean", "std"))
         ax.plot(xs, mean, linestyle=linestyle, marker="o", markersize=4, color=colours[i],
-                label=f"{level}{label_suffix}")
+                label=f"{method_label(level)}{label_suffix}")
         if (rows["n"] > 1).any():
             ax.fill_between(xs, mean - std, mean + std, color=colours[i], alpha=0.15,
                             linewidth=0)
     if logy:
         ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
     if len(stats) and np.allclose(stats[x], np.round(stats[x])):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps
     n_lo, n_hi = (int(stats["n"].min()), int(stats["n"].max())) if len(stats) else (0, 0)
     runs = f"{n_lo}" if n_lo == n_hi else f"{n_lo}–{n_hi}"
-    ax.set(title=title or f"{y} (mean ± std over {runs} runs)", xlabel=xlabel or x,
-           ylabel=ylabel or y)
+    ax.set(title=title or f"{pretty_label(y)} (mean ± std over {runs} runs)",
+           xlabel=xlabel or pretty_label(x), ylabel=ylabel or pretty_label(y))
     ax.legend(frameon=False)
     return ax
 

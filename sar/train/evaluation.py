@@ -246,6 +246,8 @@ def collect_features(
     device: str | torch.device | None = None,
     max_points: int | None = 20000,
     ignore_index: int | None | str = AUTO,
+    per_class: int | None = None,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Head-input features and their labels, e.g. to plot an embedding.
 
@@ -253,7 +255,9 @@ def collect_features(
     one point per pixel at the feature resolution, with labels nearest-downsampled to it.
     Points labelled ``ignore_index`` (``"auto"``: the regulariser's, as in :func:`evaluate`)
     are dropped and at most ``max_points`` are kept, drawn
-    uniformly and reproducibly (``None``: keep all).
+    uniformly and reproducibly (``None``: keep all). ``per_class`` then keeps at most that
+    many points of each class (:func:`sar.data.cap_per_class` with ``seed``; grouped by
+    class), so a dominant class such as a background does not bury the others in a plot.
 
     Returns:
         features ``(N, D)`` float32 and labels ``(N,)`` int64, on the CPU.
@@ -266,4 +270,10 @@ def collect_features(
         for batch in loader:
             x, y = _batch(batch, device, input_dtype(model))
             sampler.update(_features_and_logits(model, x, True)[0], y)
-    return sampler.result()
+    features, labels = sampler.result()
+    if per_class is not None:
+        from ..data.subsets import cap_per_class  # sar.data only when asked for
+
+        keep = cap_per_class(labels, per_class, seed)
+        features, labels = features[keep], labels[keep]
+    return features, labels
