@@ -8,7 +8,7 @@ VENV="${VENV:-.venv}"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist; } >/dev/null; then
-    echo "note: could not install dataset-fashion-mnist; notebooks fall back to scikit-learn's digits" >&2
+    echo "note: could not install dataset-fashion-mnist; the first data access downloads it into data/ with torchvision" >&2
   fi
 fi
 

@@ -30,7 +30,7 @@ class LongTailData:
 
 
 def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailData:
-    """Fashion-MNIST-LT (digits if Fashion-MNIST is missing) with balanced test and validation
+    """Fashion-MNIST-LT (downloaded into data/ when not on disk) with balanced test and validation
     splits; the validation images are training images the long tail left out."""
     images, labels, _, source = sar_data.load_classification_data("fashion-mnist", "train")
     test_images, test_labels, _, _ = sar_data.load_classification_data("fashion-mnist", "test")
