@@ -81,10 +81,9 @@ def read_sidecar(path: PathLike) -> dict[str, Any] | None:
     return json.loads(sidecar.read_text()) if sidecar.is_file() else None
 
 
-def load_encoder_weights(
-    path: PathLike, encoder_name: str | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """The ``state_dict`` in ``path`` and its sidecar (``None`` without one), checked.
+def verify_encoder_weights(path: PathLike, encoder_name: str | None = None
+                           ) -> dict[str, Any] | None:
+    """Check a weights file before use; return its sidecar (``None`` without one).
 
     Raises:
         FileNotFoundError: no such file; the message gives the command that makes it.
@@ -100,20 +99,29 @@ def load_encoder_weights(
             "or pass encoder_weights=None for a randomly initialised encoder"
         )
     record = read_sidecar(path)
-    if record is not None:
-        actual = sha256_of(path)
-        if actual != record.get("sha256"):
-            remake = record.get("command") or pretrain_command(encoder_name or "resnet18", path)
-            raise ValueError(
-                f"{path} does not match its sidecar {sidecar_path(path).name}: SHA-256 {actual}"
-                f" but the sidecar records {record.get('sha256')}. The file changed after it was"
-                f" made; make it again with `{remake}`"
-            )
-        made_for = record.get("encoder")
-        if encoder_name is not None and made_for is not None and made_for != encoder_name:
-            raise ValueError(
-                f"{path} holds a {made_for} encoder, but the model asks for {encoder_name}:"
-                f" build it with encoder_name={made_for!r} or pretrain a {encoder_name}"
-            )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state, record
+    if record is None:
+        return None
+    actual = sha256_of(path)
+    if actual != record.get("sha256"):
+        remake = record.get("command") or pretrain_command(encoder_name or "resnet18", path)
+        raise ValueError(
+            f"{path} does not match its sidecar {sidecar_path(path).name}: SHA-256 {actual}"
+            f" but the sidecar records {record.get('sha256')}. The file changed after it was"
+            f" made; make it again with `{remake}`"
+        )
+    made_for = record.get("encoder")
+    if encoder_name is not None and made_for is not None and made_for != encoder_name:
+        raise ValueError(
+            f"{path} holds a {made_for} encoder, but the model asks for {encoder_name}:"
+            f" build it with encoder_name={made_for!r} or pretrain a {encoder_name}"
+        )
+    return record
+
+
+def load_encoder_weights(
+    path: PathLike, encoder_name: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The ``state_dict`` in ``path`` and its sidecar (``None`` without one), checked first by
+    :func:`verify_encoder_weights` (whose errors it raises)."""
+    record = verify_encoder_weights(path, encoder_name)
+    return torch.load(path, map_location="cpu", weights_only=True), record
