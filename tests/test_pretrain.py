@@ -159,3 +159,11 @@ def test_balanced_subset_takes_the_same_count_of_every_class():
     chosen = pretrain.balanced_subset(labels, 3)
     assert torch.equal(torch.bincount(labels[chosen]), torch.full((10,), 3))
     assert torch.equal(pretrain.balanced_subset(labels, None), torch.arange(100))
+
+
+def test_both_optimizers_train_and_others_are_refused(fake_fashion):
+    encoder, record = pretrain.pretrain_encoder(
+        optimizer="sgd", max_steps=1, batch_size=4, size=32, eval_size=4, progress=False)
+    assert record["budget"]["optimizer"] == "sgd" and record["budget"]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'sgd'"):
+        pretrain.pretrain_encoder(optimizer="adam", max_steps=1, batch_size=4, progress=False)

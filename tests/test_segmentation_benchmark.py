@@ -18,6 +18,7 @@ from sar.experiments import (
     PRETRAINED_SEGMENTATION_METHODS,
     RESULTS_DIR,
     SegmentationSetup,
+    encoder_weights_path,
     grid_runs,
     keys_by_row,
     load_scenes,
@@ -25,7 +26,7 @@ from sar.experiments import (
     scene_pixel_counts,
 )
 from sar.experiments import runs as runs_module
-from sar.pretrain import make_encoder
+from sar.pretrain import DEFAULT_OUT, make_encoder
 
 
 def test_the_default_setup_is_the_committed_from_scratch_benchmark():
@@ -61,6 +62,8 @@ def test_the_pretrained_grid_runs_four_methods_everywhere_and_logit_adjustment_o
     assert "sar_class_pull" in per_arch["Unet"]
     assert PRETRAINED_SEGMENTATION.imbalance_factor >= 20  # the tail stays a tail
     assert PRETRAINED_SEGMENTATION.encoder_weights == PRETRAINED_ENCODER
+    # where python -m sar.pretrain writes by default is where the grid looks
+    assert encoder_weights_path(PRETRAINED_SEGMENTATION) == DEFAULT_OUT
     with pytest.raises(ValueError, match="one_arch 'FPN' is not among archs"):
         SegmentationSetup(archs=("Unet",), one_arch="FPN", one_arch_methods=("logit_adjusted",))
 
