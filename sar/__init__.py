@@ -7,8 +7,9 @@ any of them by name.
 
 The heavier parts load on first use, so ``import sar`` stays quick: ``sar.train`` (fit,
 evaluate, the run command), ``sar.data``, ``sar.metrics``, ``sar.plots`` (matplotlib),
-``sar.cache`` (load a result if it is there, else compute it), ``sar.experiments``,
-``sar.distributed`` and ``sar.benchmark``.
+``sar.experiments``, ``sar.distributed``, ``sar.benchmark``, ``sar.cache`` (load a notebook's
+result if present, else compute it) and ``sar.pretrain`` (an smp encoder pretrained here on
+Fashion-MNIST, the offline stand-in for ImageNet weights).
 """
 
 import importlib
@@ -38,8 +39,8 @@ from .regularizer import SemanticAnchorRegularizer
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("benchmark", "cache", "data", "distributed", "experiments", "methods",
-                 "metrics", "plots", "train")
+_LAZY_MODULES = ("benchmark", "cache", "data", "distributed", "encoder_weights", "experiments",
+                 "methods", "metrics", "plots", "pretrain", "train")
 
 
 def __getattr__(name: str):

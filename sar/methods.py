@@ -14,6 +14,9 @@ name                       what it trains with
 =========================  ==============================================================
 ``ce``                     plain cross-entropy (:class:`~sar.NoRegularizer`)
 ``sar``                    SAR, Ge et al. AAAI 2024 (:class:`~sar.SemanticAnchorRegularizer`)
+``sar_class_pull``         SAR with a class-balanced pull (``pull_reduction="class"``: the
+                           mean distance within each class present, then over classes, so
+                           background does not dominate the pull); not in the paper
 ``prototype``              EMA class-mean prototypes (:class:`~sar.PrototypeRegularizer`)
 ``center``                 center loss, Wen et al. ECCV 2016 (:class:`~sar.CenterLoss`)
 ``etf_dr``                 a fixed simplex-ETF head on normalised features with the
@@ -28,6 +31,7 @@ name                       what it trains with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -51,6 +55,7 @@ _REGULARIZERS: dict[str, RegularizerFactory] = {
     "sar": SemanticAnchorRegularizer,
     "prototype": PrototypeRegularizer,
     "center": CenterLoss,
+    "sar_class_pull": partial(SemanticAnchorRegularizer, pull_reduction="class"),
 }
 # name -> the regulariser it pairs with the logit-adjusted loss
 _LOGIT_ADJUSTED = {"logit_adjusted": "ce", "sar_logit_adjusted": "sar"}

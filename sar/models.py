@@ -327,14 +327,46 @@ def build_smp_model(
     encoder_name: str = "resnet18",
     num_classes: int = 11,
     in_channels: int = 3,
-    encoder_weights: str | None = None,
+    encoder_weights: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """An smp model, offline by default (``encoder_weights=None``; ask for ``"imagenet"``)."""
+    """An smp model, offline by default.
+
+    Args:
+        encoder_weights: ``None`` (default): a randomly initialised encoder, no download.
+            A path (a ``Path``, or a string with a ``/`` or ending in ``.pt``/``.pth``): an
+            encoder ``state_dict`` made by ``python -m sar.pretrain``, loaded strictly into
+            ``model.encoder`` after its SHA-256 is checked against the sidecar
+            ``<file>.json`` when there is one (see :mod:`sar.encoder_weights`). Any other
+            string (``"imagenet"``, ...) is passed to smp, which downloads the weights.
+
+    Raises:
+        FileNotFoundError: a weights path that does not exist; the message gives the
+            ``python -m sar.pretrain`` command that makes it.
+        ValueError: a weights file that fails its checksum, was made for another encoder, or
+            does not fit the encoder (e.g. pretrained on 3 channels, asked for another count).
+    """
     import segmentation_models_pytorch as smp  # heavy (timm): imported only when needed
 
-    return smp.create_model(arch, encoder_name=encoder_name, encoder_weights=encoder_weights,
-                            in_channels=in_channels, classes=num_classes, **kwargs)
+    from .encoder_weights import is_weights_path, load_encoder_weights
+
+    weights_file = encoder_weights if is_weights_path(encoder_weights) else None
+    model = smp.create_model(arch, encoder_name=encoder_name,
+                             encoder_weights=None if weights_file else encoder_weights,
+                             in_channels=in_channels, classes=num_classes, **kwargs)
+    if weights_file is not None:
+        state, record = load_encoder_weights(weights_file, encoder_name)
+        try:
+            model.encoder.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            made = "" if record is None else (
+                f" (made for {record.get('encoder')} with"
+                f" {record.get('in_channels')} input channels)")
+            raise ValueError(
+                f"{weights_file}{made} does not fit the {encoder_name} encoder with"
+                f" in_channels={in_channels}: {err}"
+            ) from err
+    return model
 
 
 class SmallCNN(nn.Module):

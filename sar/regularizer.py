@@ -27,6 +27,7 @@ from .labels import labels_at_feature_resolution
 
 Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
 PULL_DISTANCES = ("mse", "cosine")
+PULL_REDUCTIONS = ("pixel", "class")
 LOSS_KEYS = ("anchor_ce", "pull", "loss", "gate_passed", "gate_opened", "anchor_accuracy",
              "min_anchor_prob")
 
@@ -117,6 +118,12 @@ class SemanticAnchorRegularizer(Float32Module):
         detach_weights: detach the hard-anchor weights of the anchor CE. The original does not,
             so the gradient on unfiltered anchor i is ``(2 a_i - L) / sum a`` with ``L`` the
             weighted CE: an anchor easier than ``L / 2`` is pushed to be *less* confident.
+        pull_reduction: how the per-position pull distances become one number.
+            ``"pixel"`` (original): the mean over valid positions (images, for
+            classification), so in segmentation the pull acts mostly on the most frequent
+            class, usually background. ``"class"``: the mean over the valid positions of each
+            class present in the batch, then the mean over those classes, so every present
+            class pulls with the same weight, a rare one as much as background.
         use_gate: if False the semantic anchors are updated and the pull applied on every step.
         pull_after_open: if True the pull stays on once the gate has opened, instead of only on
             steps where the gate passes (the original).
@@ -144,7 +151,9 @@ class SemanticAnchorRegularizer(Float32Module):
         A dict with the same keys on every call (:data:`LOSS_KEYS`), all 0-dim tensors:
         ``anchor_ce`` and ``pull`` (differentiable), ``loss`` (their sum, add it to the task
         loss), and for logging ``gate_passed``/``gate_opened`` (0 or 1), ``anchor_accuracy`` and
-        ``min_anchor_prob``.
+        ``min_anchor_prob``. The per-anchor values behind the last two (each anchor's
+        probability of its own class and its hard-anchor weight, shape ``(C,)``) come from
+        :meth:`anchor_diagnostics`, which changes no state.
 
     State (saved in ``state_dict``): buffer ``anchors`` (C, D), module ``projector``, buffer
     ``semantic_anchors`` (C, D, the EMA), buffer ``gate_opened`` (bool) and ``num_updates``.
@@ -165,6 +174,7 @@ class SemanticAnchorRegularizer(Float32Module):
         anchor_seed: int = 0,
         distance: str = "mse",
         detach_weights: bool = False,
+        pull_reduction: str = "pixel",
         use_gate: bool = True,
         pull_after_open: bool = False,
         ignore_index: int = 255,
@@ -174,6 +184,9 @@ class SemanticAnchorRegularizer(Float32Module):
         check_class_count(num_classes, ignore_index)
         if distance not in PULL_DISTANCES:
             raise ValueError(f"distance must be one of {PULL_DISTANCES}, got {distance!r}")
+        if pull_reduction not in PULL_REDUCTIONS:
+            raise ValueError(
+                f"pull_reduction must be one of {PULL_REDUCTIONS}, got {pull_reduction!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not 0.0 < update_conf < 1.0:
@@ -184,6 +197,7 @@ class SemanticAnchorRegularizer(Float32Module):
         self.trade_off, self.trade_off_ce = trade_off, trade_off_ce
         self.filter_conf, self.update_conf, self.momentum = filter_conf, update_conf, momentum
         self.distance, self.detach_weights = distance, detach_weights
+        self.pull_reduction = pull_reduction
         self.use_gate, self.pull_after_open = use_gate, pull_after_open
         self.ignore_index, self.validate = ignore_index, validate
 
@@ -198,7 +212,8 @@ class SemanticAnchorRegularizer(Float32Module):
         return (
             f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, trade_off={self.trade_off},"
             f" trade_off_ce={self.trade_off_ce}, filter_conf={self.filter_conf},"
-            f" update_conf={self.update_conf}, momentum={self.momentum}, distance={self.distance!r}"
+            f" update_conf={self.update_conf}, momentum={self.momentum},"
+            f" distance={self.distance!r}, pull_reduction={self.pull_reduction!r}"
         )
 
     # ----------------------------------------------------------------------------- forward
@@ -267,15 +282,56 @@ class SemanticAnchorRegularizer(Float32Module):
         """
         target = torch.arange(self.num_classes, device=logits.device)
         per_anchor_ce = F.cross_entropy(logits, target, reduction="none")
-        # log p' computed from the CE directly: log(exp(-ce)) would underflow for hard anchors
-        filtered_log_p = torch.where(per_anchor_ce < -math.log(self.filter_conf), 0.0,
-                                     -per_anchor_ce)
-        weights = filtered_log_p / (filtered_log_p.sum() + 1e-9)
+        weights = self._anchor_weights(per_anchor_ce)
         if self.detach_weights:
             weights = weights.detach()
         anchor_ce = self.trade_off_ce * (per_anchor_ce * weights).sum()
         correct = logits.detach().argmax(dim=1) == target
         return anchor_ce, per_anchor_ce, correct
+
+    def _anchor_weights(self, per_anchor_ce: torch.Tensor) -> torch.Tensor:
+        """The hard-anchor weights ``w = log p' / (sum log p' + 1e-9)``, ``(C,)``."""
+        # log p' computed from the CE directly: log(exp(-ce)) would underflow for hard anchors
+        filtered_log_p = torch.where(per_anchor_ce < -math.log(self.filter_conf), 0.0,
+                                     -per_anchor_ce)
+        return filtered_log_p / (filtered_log_p.sum() + 1e-9)
+
+    @torch.no_grad()
+    def anchor_diagnostics(self, classifier: Classifier) -> dict[str, torch.Tensor]:
+        """The anchor branch as a forward call would compute it now, without changing state.
+
+        Args:
+            classifier: the task's classifier, as handed to :meth:`forward`.
+
+        Returns:
+            Detached tensors on the anchors' device, float32 (float64 after ``.double()``):
+            ``anchor_probs`` ``(C,)``: ``p_i``, the softmax probability the classifier gives
+            projected anchor ``i`` for its own class i (the gate needs every ``p_i`` above
+            ``update_conf``; ``min_anchor_prob`` of the loss dict is their minimum);
+            ``anchor_weights`` ``(C,)``: the hard-anchor weights ``w_i`` of the anchor CE (0
+            for anchors above ``filter_conf``; ``anchor_ce = trade_off_ce * sum_i w_i *
+            (-log p_i)``); ``anchor_correct`` ``(C,)`` bool: anchor i is argmax-classified as
+            i; ``projected`` ``(C, D)``: the projected anchors ``z``.
+
+        As in :meth:`forward`, the projector's BatchNorm normalises with the batch statistics
+        of the C anchors in training mode and with its running statistics in eval mode; its
+        running statistics are updated on copies that are thrown away, so the module's state
+        (``state_dict``, gate, EMA) is exactly as before, and the next forward call is
+        unaffected. The classifier is run as forward runs it (a ``Linear`` or ``Conv2d`` head
+        holds no state). Cost: one projector pass on C rows, no autograd graph.
+        """
+        scratch = {name: buffer.clone() for name, buffer in self.projector.named_buffers()}
+        with torch.autocast(device_type=self.anchors.device.type, enabled=False):
+            projected = functional_call(self.projector, scratch, (self.anchors,))
+            logits = self._classify(classifier, projected)
+        target = torch.arange(self.num_classes, device=logits.device)
+        per_anchor_ce = F.cross_entropy(logits, target, reduction="none")
+        return {
+            "anchor_probs": torch.exp(-per_anchor_ce),
+            "anchor_weights": self._anchor_weights(per_anchor_ce),
+            "anchor_correct": logits.argmax(dim=1) == target,
+            "projected": projected,
+        }
 
     def _gate(self, per_anchor_ce: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """0-dim bool: every anchor argmax-correct and above ``update_conf`` (on the device)."""
@@ -296,7 +352,8 @@ class SemanticAnchorRegularizer(Float32Module):
 
     # ---------------------------------------------------------------------------- the pull
     def _pull(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean distance of each labelled feature to its (detached) semantic anchor."""
+        """Mean distance of the labelled features to their (detached) semantic anchors: over
+        positions, or per class then over classes (see ``pull_reduction``)."""
         valid = labels != self.ignore_index
         target = self.semantic_anchors[torch.where(valid, labels, 0)]  # (B, [H, W,] D)
         if features.dim() == 4:
@@ -306,8 +363,27 @@ class SemanticAnchorRegularizer(Float32Module):
             per_position = (features - target).pow(2).mean(dim=1)
         else:
             per_position = 1.0 - F.cosine_similarity(features, target, dim=1)
+        if self.pull_reduction == "class":
+            return self._class_mean(per_position, labels, valid)
         # an all-ignore batch gives 0, not NaN
         return (per_position * valid).sum() / valid.sum().clamp(min=1)
+
+    def _class_mean(
+        self, per_position: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over the classes present of each class's mean ``per_position`` value.
+
+        ``per_position`` float ``(B, [H, W])``; ``labels`` int64 and ``valid`` bool alike.
+        Ignored positions go to an extra bin that is dropped; a class without a valid position
+        is left out of the mean; an all-ignore batch gives 0.
+        """
+        bins = torch.where(valid, labels, self.num_classes).flatten()
+        # scatter_add, not a one-hot matmul: O(positions) memory even with 150 classes
+        sums = per_position.new_zeros(self.num_classes + 1).scatter_add(
+            0, bins, per_position.flatten())[:-1]
+        counts = torch.bincount(bins, minlength=self.num_classes + 1)[:-1]
+        per_class = sums / counts.clamp(min=1).to(sums.dtype)
+        return per_class.sum() / (counts > 0).sum().clamp(min=1)
 
     # -------------------------------------------------------------------------- validation
     def _check_values(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -63,8 +63,12 @@ class ReferenceSAR:
     """State (EMA, gate) kept as Python lists; ``step`` mirrors one training forward."""
 
     def __init__(self, num_classes: int, *, trade_off=0.1, trade_off_ce=1.0, filter_conf=0.9,
-                 update_conf=0.8, momentum=0.999, ignore_index=255, distance="mse"):
+                 update_conf=0.8, momentum=0.999, ignore_index=255, distance="mse",
+                 pull_reduction="pixel"):
         self.c = num_classes
+        self.pull_reduction = pull_reduction
+        self.last_probs: list[float] = []  # p_i and w_i of the last step, for diagnostics
+        self.last_weights: list[float] = []
         self.trade_off, self.trade_off_ce = trade_off, trade_off_ce
         self.filter_conf, self.update_conf, self.momentum = filter_conf, update_conf, momentum
         self.ignore_index, self.distance = ignore_index, distance
@@ -91,6 +95,8 @@ class ReferenceSAR:
         anchor_ce = self.trade_off_ce * sum(
             ce[i] * log_p_filtered[i] / denominator for i in range(self.c)
         )
+        self.last_probs = probs
+        self.last_weights = [log_p_filtered[i] / denominator for i in range(self.c)]
 
         passed = all(correct) and all(v < -math.log(self.update_conf) for v in ce)
         if passed:
@@ -120,17 +126,57 @@ class ReferenceSAR:
                     for j in range(width):
                         vector = [feats[b][d][i][j] for d in range(features.shape[1])]
                         pairs.append((vector, lab[i][j]))
-        total, count = 0.0, 0
+        by_class: dict[int, list[float]] = {}  # the distances of each class's positions
         for vector, label in pairs:
             if label == self.ignore_index:
                 continue
             anchor = self.ema[label]
             if self.distance == "mse":
                 squares = sum((f - a) ** 2 for f, a in zip(vector, anchor, strict=True))
-                total += squares / len(anchor)
+                distance = squares / len(anchor)
             else:
                 dot = sum(f * a for f, a in zip(vector, anchor, strict=True))
                 norms = math.sqrt(sum(f * f for f in vector) * sum(a * a for a in anchor))
-                total += 1.0 - dot / max(norms, 1e-8)
-            count += 1
-        return total / max(count, 1)
+                distance = 1.0 - dot / max(norms, 1e-8)
+            by_class.setdefault(label, []).append(distance)
+        if not by_class:
+            return 0.0
+        if self.pull_reduction == "class":
+            return sum(sum(d) / len(d) for d in by_class.values()) / len(by_class)
+        everything = [d for ds in by_class.values() for d in ds]
+        return sum(everything) / len(everything)
+
+
+def loop_pull(features: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor,
+              reduction: str, ignore_index: int = 255) -> torch.Tensor:
+    """The MSE pull (without trade_off) with autograd, one position and one channel at a time.
+
+    ``features`` (B, D) or (B, D, H, W), ``labels`` (B,) or (B, h, w) (nearest-resized),
+    ``anchors`` (C, D), treated as constants. ``reduction`` "pixel": mean over labelled
+    positions; "class": mean within each class present, then over those classes.
+    """
+    targets = anchors.detach().double().tolist()
+    pairs = []  # (feature vector as a list of 0-dim tensors, label)
+    if features.dim() == 2:
+        pairs = [([features[b, d] for d in range(features.shape[1])], int(labels[b]))
+                 for b in range(features.shape[0])]
+    else:
+        height, width = features.shape[2:]
+        for b in range(features.shape[0]):
+            lab = nearest_resize(labels[b].tolist(), height, width)
+            for i in range(height):
+                for j in range(width):
+                    pairs.append(([features[b, d, i, j] for d in range(features.shape[1])],
+                                  lab[i][j]))
+    by_class: dict[int, list[torch.Tensor]] = {}
+    for vector, label in pairs:
+        if label == ignore_index:
+            continue
+        squares = sum((f - a) ** 2 for f, a in zip(vector, targets[label], strict=True))
+        by_class.setdefault(label, []).append(squares / len(vector))
+    if not by_class:
+        return features.sum() * 0.0
+    if reduction == "class":
+        return sum(sum(d) / len(d) for d in by_class.values()) / len(by_class)
+    everything = [d for ds in by_class.values() for d in ds]
+    return sum(everything) / len(everything)

@@ -43,7 +43,14 @@ from .constants import (
 )
 from .idx import read_idx, write_idx
 from .longtail import LongTail, long_tail_counts, long_tail_weights, make_long_tailed, shot_groups
-from .scenes import SceneDataset, SceneItem, item_alpha, make_fashion_scenes, scene_class_probs
+from .scenes import (
+    SceneDataset,
+    SceneItem,
+    compose_single_items,
+    item_alpha,
+    make_fashion_scenes,
+    scene_class_probs,
+)
 from .segmentation import SegmentationFolder, SegmentationTransform, pascal_voc
 from .sources import (
     DATA_DIR_ENV,
@@ -90,6 +97,7 @@ __all__ = [
     "cityscapes_train_ids",
     "download_allowed",
     "fashion_subset",
+    "compose_single_items",
     "fashion_mnist_search_dirs",
     "find_fashion_mnist",
     "item_alpha",

@@ -117,6 +117,82 @@ def _background(gen: torch.Generator, n: int, channels: int, size: int) -> Tenso
     return F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def _tints(gen: torch.Generator, n: int, channels: int) -> Tensor:
+    """Random RGB item colours, float32 ``(n, 3)`` in [0.35, 1); ones ``(n, 1)`` for grey."""
+    tints = 0.35 + 0.65 * torch.rand(n, 3, generator=gen)
+    return torch.ones(n, 1) if channels == 1 else tints
+
+
+def _tinted_items(
+    images: Tensor, sides: Tensor, tints: Tensor, threshold: float
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Each source image resized to its side and tinted, and its opaque pixels.
+
+    ``images`` uint8 ``(n, h, w)``, ``sides`` int64 ``(n,)``, ``tints`` float32 ``(n, channels)``.
+    Returns two lists of n tensors: the tinted item, float32 ``(channels, side, side)``, and
+    its opaque pixels, bool ``(side, side)`` (see :func:`item_alpha`).
+    """
+    n = len(images)
+    colours: list[Tensor] = [torch.empty(0)] * n
+    alphas: list[Tensor] = [torch.empty(0)] * n
+    # resizing is the costly step: do it once per distinct side for all items of that side
+    for side in sides.unique().tolist():
+        chosen = torch.nonzero(sides == side).flatten()
+        intensity, alpha = item_alpha(images[chosen], side, threshold)
+        tinted = intensity[:, None] * tints[chosen][:, :, None, None]
+        for k, colour, opaque in zip(chosen.tolist(), tinted, alpha, strict=True):
+            colours[k], alphas[k] = colour, opaque
+    return colours, alphas
+
+
+def _sides_and_corners(
+    gen: torch.Generator, n: int, source_side: int, size: int, item_scale: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
+    """Item sides ``round(source_side * scale)``, ``scale ~ U(item_scale)``, clamped to
+    ``[4, size]``, and uniform top-left corners ``(y0, x0)`` inside the scene: int64 ``(n,)``
+    and ``(n, 2)``."""
+    scales = item_scale[0] + (item_scale[1] - item_scale[0]) * torch.rand(n, generator=gen)
+    where = torch.rand(n, 2, generator=gen)
+    sides = (scales * source_side).round().long().clamp(4, size)
+    corners = (where * (size - sides + 1)[:, None]).long().minimum((size - sides)[:, None])
+    return sides, corners
+
+
+def compose_single_items(
+    images: Tensor,
+    size: int = 64,
+    item_scale: tuple[float, float] = (0.6, 1.2),
+    channels: int = 3,
+    threshold: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Each source image as one item on a scene background, drawn as the scenes draw items.
+
+    For classification pretraining whose inputs look like :func:`make_fashion_scenes`'s items:
+    the same smooth noise background, the same item sides (``round(28 * scale)``, ``scale ~
+    U(item_scale)``), uniform positions, the same random RGB tints and the same opacity
+    threshold; one item per image, so the image's label is the item's class.
+
+    Args:
+        images: uint8 ``(n, h, w)`` source items (e.g. Fashion-MNIST **train** images).
+        generator: the draws' source; a fresh call gives a fresh composition.
+
+    Returns:
+        float32 ``(n, channels, size, size)`` in [0, 1].
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = len(images)
+    canvas = _background(gen, n, channels, size)
+    sides, corners = _sides_and_corners(gen, n, images.shape[-1], size, item_scale)
+    colours, alphas = _tinted_items(images, sides, _tints(gen, n, channels), threshold)
+    for k, (side, (y0, x0)) in enumerate(zip(sides.tolist(), corners.tolist(), strict=True)):
+        region = canvas[k, :, y0:y0 + side, x0:x0 + side]
+        region.copy_(torch.where(alphas[k], colours[k], region))
+    return canvas
+
+
 def scene_class_probs(
     imbalance_factor: float = 10.0,
     profile: str = "exp",
@@ -202,29 +278,15 @@ def make_fashion_scenes(
     total = int(n_items.sum())
     classes = torch.multinomial(probs.float(), total, replacement=True, generator=gen)
     picks = torch.rand(total, generator=gen)
-    scales = item_scale[0] + (item_scale[1] - item_scale[0]) * torch.rand(total, generator=gen)
-    where = torch.rand(total, 2, generator=gen)
-    tints = 0.35 + 0.65 * torch.rand(total, 3, generator=gen)
-    if channels == 1:
-        tints = torch.ones(total, 1)
+    sides, corners = _sides_and_corners(gen, total, images.shape[-1], size, item_scale)
+    tints = _tints(gen, total, channels)
 
-    # per item: source index, side and top-left corner, all vectorised
+    # per item: its source index, vectorised
     members = torch.argsort(labels, stable=True)  # source indices grouped by class
     starts = torch.cumsum(sizes, 0) - sizes
     offset = (picks * sizes[classes]).long().minimum(sizes[classes] - 1)
     sources = members[starts[classes] + offset]
-    sides = (scales * images.shape[-1]).round().long().clamp(4, size)
-    corners = (where * (size - sides + 1)[:, None]).long().minimum((size - sides)[:, None])
-
-    # resizing is the costly step: do it once per distinct side for all items of that side
-    colours: list[Tensor] = [torch.empty(0)] * total  # tinted item, (channels, side, side)
-    alphas: list[Tensor] = [torch.empty(0)] * total  # opaque pixels, bool (side, side)
-    for side in sides.unique().tolist():
-        chosen = torch.nonzero(sides == side).flatten()
-        intensity, alpha = item_alpha(images[sources[chosen]], side, threshold)
-        tinted = intensity[:, None] * tints[chosen][:, :, None, None]
-        for k, colour, opaque in zip(chosen.tolist(), tinted, alpha, strict=True):
-            colours[k], alphas[k] = colour, opaque
+    colours, alphas = _tinted_items(images[sources], sides, tints, threshold)
 
     masks = torch.zeros(num_scenes, size, size, dtype=torch.int64)
     scene_of = torch.repeat_interleave(torch.arange(num_scenes), n_items).tolist()

@@ -3,6 +3,7 @@
     python -m sar.experiments longtail              # the full grid, resumable
     python -m sar.experiments ablation --seeds 0 1 2
     python -m sar.experiments segmentation --smoke  # a tiny grid (what the tests run)
+    python -m sar.experiments segmentation_pretrained  # needs `python -m sar.pretrain` first
     python -m sar.experiments overhead
     python -m sar.experiments render longtail       # figures + a markdown table from the CSV
 
@@ -16,10 +17,16 @@ from .grids import (
     ABLATIONS,
     CLASSIFICATION_METHODS,
     EXPERIMENTS,
+    LOGIT_ADJUSTED_SEGMENTATION_METHODS,
     LONGTAIL_METHODS,
     LONGTAIL_VARIANTS,
+    PRETRAINED_ENCODER,
+    PRETRAINED_SEGMENTATION,
+    PRETRAINED_SEGMENTATION_METHODS,
     SEGMENTATION_METHODS,
+    SEGMENTATION_SETUPS,
     SMOKE_CLASSIFICATION,
+    SMOKE_PRETRAINED_SEGMENTATION,
     SMOKE_SEGMENTATION,
     TUNED,
     TUNING,
@@ -30,6 +37,7 @@ from .grids import (
     grid_runs,
     longtail_grid,
     segmentation_grid,
+    segmentation_setup,
     setups,
     tuning_grid,
 )
@@ -50,10 +58,14 @@ from .runner import grid_status, results_or_reduced_grid, run_grid, with_tuned_o
 from .runs import (
     LongTailData,
     add_shot_group_iou,
+    encoder_record,
+    encoder_weights_path,
     load_longtail_data,
+    load_scenes,
     method_name,
     run_classification,
     run_segmentation,
+    scene_pixel_counts,
     scene_shot_groups,
 )
 from .store import (
@@ -75,13 +87,19 @@ __all__ = [
     "ClassificationSetup",
     "EXPERIMENTS",
     "KEY",
+    "LOGIT_ADJUSTED_SEGMENTATION_METHODS",
     "LONGTAIL_METHODS",
     "LONGTAIL_VARIANTS",
     "LongTailData",
+    "PRETRAINED_ENCODER",
+    "PRETRAINED_SEGMENTATION",
+    "PRETRAINED_SEGMENTATION_METHODS",
     "RESULTS_DIR",
     "Run",
     "SEGMENTATION_METHODS",
+    "SEGMENTATION_SETUPS",
     "SMOKE_CLASSIFICATION",
+    "SMOKE_PRETRAINED_SEGMENTATION",
     "SMOKE_SEGMENTATION",
     "SegmentationSetup",
     "TUNED",
@@ -91,6 +109,8 @@ __all__ = [
     "append_row",
     "append_rows",
     "chosen_settings",
+    "encoder_record",
+    "encoder_weights_path",
     "finished_keys",
     "git_commit",
     "grid_runs",
@@ -99,6 +119,7 @@ __all__ = [
     "keys_by_row",
     "load_longtail_data",
     "load_results",
+    "load_scenes",
     "longtail_grid",
     "main",
     "markdown_table",
@@ -115,8 +136,10 @@ __all__ = [
     "run_classification",
     "run_grid",
     "run_segmentation",
+    "scene_pixel_counts",
     "scene_shot_groups",
     "segmentation_grid",
+    "segmentation_setup",
     "setups",
     "summarise",
     "tuning_grid",

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--settings", nargs="+", default=None,
                         help="run only these settings of the grid, e.g. --settings Unet")
+    parser.add_argument("--encoder-weights", default=None,
+                        help="segmentation grids: start from this encoder file (made by"
+                             " python -m sar.pretrain) instead of the setup's")
     parser.add_argument("--readme", type=Path, default=None,
                         help="with render or status: also write the output into this"
                              " README's block")
@@ -58,5 +61,6 @@ def main(argv: list[str] | None = None) -> None:
         print(summary)
         return
     device = torch.device(args.device) if args.device else default_device()
-    csv = run_grid(args.action, args.seeds, args.smoke, out, device, args.settings)
+    csv = run_grid(args.action, args.seeds, args.smoke, out, device, args.settings,
+                   args.encoder_weights)
     print(f"wrote {csv}")

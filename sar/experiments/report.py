@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .. import data as sar_data
-from .grids import SegmentationSetup
+from .grids import SEGMENTATION_SETUPS, segmentation_setup
 from .runs import add_shot_group_iou, scene_shot_groups
 from .store import load_results
 
@@ -160,8 +160,10 @@ def plot_segmentation_shot_groups(df: pd.DataFrame) -> Any:
         plots.plot_bars(long[long["setting"] == arch], "group", "IoU", hue="method", ax=ax,
                         ylabel="validation IoU (fraction)", title=f"{arch}: IoU by shot group")
     fig.tight_layout()
-    # one legend for all panels, beside the last (methods in their fixed colours)
-    plots.figure_legend(fig, axes[0][-1], loc="upper left", bbox_to_anchor=(1.0, 0.95),
+    # one legend for all panels, taken from the panel with the most methods (one architecture
+    # may run extra ones), in the methods' fixed colours
+    fullest = max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[1]))
+    plots.figure_legend(fig, fullest, loc="upper left", bbox_to_anchor=(1.0, 0.95),
                         title=f"method (mean ± std over {df['seed'].nunique()} seeds)")
     return fig
 
@@ -210,14 +212,14 @@ def render(experiment: str, out_dir: Path) -> Path:
         tables += [f"\nValidation accuracy (%) at imbalance factor {factor:g}, one seed; **bold**"
                    " = the setting each method keeps (highest validation accuracy)\n",
                    _markdown(_tuning_table(df))]
-    elif experiment == "segmentation":
+    elif experiment in SEGMENTATION_SETUPS:
         for metric in ("mIoU", "pixel_accuracy"):
             tables += [f"\n**{metric}** (%, mean ± std over seeds)\n",
                        markdown_table(df, "method", "setting", metric)]
         tables += ["\n**Paired gain over CE, mIoU** (percentage points, mean ± std over seeds of"
                    " the per-seed difference)\n",
                    paired_gap_table(df, "method", "ce", ["mIoU"], columns="setting")]
-        groups = scene_shot_groups(SegmentationSetup())  # the committed rows' scenes
+        groups = scene_shot_groups(segmentation_setup(experiment))  # the rows' scenes
         df = add_shot_group_iou(df, groups)
         for group, ids in groups.items():
             names = ", ".join(sar_data.FASHION_MNIST_CLASSES[c] for c in ids)
@@ -226,8 +228,8 @@ def render(experiment: str, out_dir: Path) -> Path:
                        markdown_table(df, "method", "setting", f"{group}_iou")]
         ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
                              title="Long-tailed scenes: mIoU by architecture")
-        _save(ax.figure, figures / "segmentation_miou.png")
-        _save(plot_segmentation_shot_groups(df), figures / "segmentation_shot_groups.png")
+        _save(ax.figure, figures / f"{experiment}_miou.png")
+        _save(plot_segmentation_shot_groups(df), figures / f"{experiment}_shot_groups.png")
     else:
         columns = {"case": "case", "device": "device", "plain_ms": "plain ms/step",
                    "sar_ms": "SAR ms/step", "train_ratio": "train SAR/plain",

@@ -14,7 +14,16 @@ from tqdm.auto import tqdm
 
 from ..benchmark import measure as measure_overhead
 from ..config import default_device
-from .grids import EXPERIMENTS, TUNED, TUNING, Run, grid_runs, setups
+from .grids import (
+    EXPERIMENTS,
+    SEGMENTATION_SETUPS,
+    TUNED,
+    TUNING,
+    Run,
+    grid_runs,
+    segmentation_setup,
+    setups,
+)
 from .report import chosen_settings
 from .runs import run_classification, run_segmentation
 from .store import (
@@ -48,11 +57,13 @@ def grid_status(seeds: list[int], out_dir: Path) -> str:
 
 
 def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
-             device: torch.device, settings: list[str] | None = None) -> Path:
+             device: torch.device, settings: list[str] | None = None,
+             encoder_weights: str | None = None) -> Path:
     """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV.
 
     ``settings`` restricts the grid to those settings (a factor such as ``if=1``, an ablation
     name, a segmentation architecture), e.g. to finish one architecture before the next.
+    ``encoder_weights`` replaces a segmentation setup's encoder weights file (a path).
     """
     csv = out_dir / f"{experiment}.csv"
     runs = grid_runs(experiment, seeds, smoke)
@@ -64,7 +75,15 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
         runs = [run for run in runs if run.setting in settings]
     if experiment == "longtail":
         runs = with_tuned_options(runs, out_dir, smoke)
-    cls_setup, seg_setup = setups(smoke)
+    cls_setup, _ = setups(smoke)
+    seg_setup = None
+    if experiment in SEGMENTATION_SETUPS:
+        seg_setup = segmentation_setup(experiment, smoke)
+        if encoder_weights is not None:
+            seg_setup = replace(seg_setup, encoder_weights=str(Path(encoder_weights).resolve()))
+    elif encoder_weights is not None:
+        raise ValueError(f"--encoder-weights is for the segmentation experiments, not"
+                         f" {experiment!r}")
     done = finished_keys(csv)
     todo = [run for run in runs if run.key not in done]
     print(f"{experiment}: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
@@ -75,7 +94,7 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
         if experiment == "overhead":
             steps = 2 if smoke else 10
             row = vars(measure_overhead(run.setting, device, steps=steps, rounds=2 if smoke else 7))
-        elif experiment == "segmentation":
+        elif seg_setup is not None:
             row = run_segmentation(run, seg_setup, device, cache)
         else:
             row = run_classification(run, cls_setup, device, cache)

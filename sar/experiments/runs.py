@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from .. import data as sar_data
 from .. import methods
 from ..config import seed_everything
+from ..encoder_weights import sha256_of, verify_encoder_weights
 from ..models import SmallCNN, build_smp_model
 from ..train import evaluate, fit, gate_opened_step
 from .grids import ClassificationSetup, Run, SegmentationSetup
@@ -98,28 +100,78 @@ def _validation_row(model: torch.nn.Module, lt: LongTailData,
 
 
 # --------------------------------------------------------------------------- segmentation
+def load_scenes(setup: SegmentationSetup) -> tuple[sar_data.SceneDataset, sar_data.SceneDataset]:
+    """The training scenes (items from Fashion-MNIST train) and validation scenes (items from
+    its test split) of ``setup``."""
+    common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor,
+              "seed": setup.scene_seed, "item_scale": setup.item_scale,
+              "items_per_scene": setup.items_per_scene}
+    return (sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
+            sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common))
+
+
+def encoder_weights_path(setup: SegmentationSetup) -> Path | None:
+    """``setup.encoder_weights`` as a path (relative ones are relative to the repository), or
+    ``None`` for a randomly initialised encoder."""
+    if setup.encoder_weights is None:
+        return None
+    path = Path(setup.encoder_weights)
+    return path if path.is_absolute() else sar_data.REPO_DATA_DIR.parent / path
+
+
+def encoder_record(setup: SegmentationSetup) -> dict[str, str]:
+    """The encoder columns of a row: name, weights file and its SHA-256 (checked now).
+
+    Raises:
+        FileNotFoundError: the weights file is missing (the message says how to make it).
+        ValueError: the file fails its checksum or was made for another encoder.
+    """
+    path = encoder_weights_path(setup)
+    if path is None:
+        return {"encoder": setup.encoder, "encoder_weights": "random init", "encoder_sha256": ""}
+    verify_encoder_weights(path, setup.encoder)
+    return {"encoder": setup.encoder, "encoder_weights": path.name,
+            "encoder_sha256": sha256_of(path)}
+
+
+def scene_pixel_counts(scenes: sar_data.SceneDataset) -> list[int]:
+    """Pixels of each scene class (background first) in ``scenes``, at least 1 each: the prior
+    of the logit-adjusted methods (a class absent from tiny smoke scenes keeps a finite one)."""
+    return scenes.class_pixel_counts.clamp(min=1).tolist()
+
+
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                      cache: dict[str, Any]) -> dict[str, Any]:
+    """Train ``run.method`` (a :mod:`sar.methods` name) on ``run.options["arch"]`` with the
+    scenes and schedule of ``setup``; score it on the validation scenes.
+
+    ``cache`` keeps the scenes and the encoder record between the runs of one grid. The
+    logit-adjusted methods take their prior from the training scenes' pixel counts.
+
+    Returns:
+        A row: ``mIoU``, ``pixel_accuracy`` and ``iou_class_k`` (fractions; mask id k, 0 =
+        background, k = Fashion-MNIST class k - 1), ``gate_opened_step``, the encoder columns
+        of :func:`encoder_record` and ``steps``.
+    """
     if "scenes" not in cache:
-        common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor,
-                  "seed": setup.scene_seed}
-        cache["scenes"] = (
-            sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
-            sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common),
-        )
+        cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
+        cache["scenes"] = load_scenes(setup)
     train, val = cache["scenes"]
     num_classes = len(sar_data.SCENE_CLASSES)
     generator = seed_everything(run.seed)
-    net = build_smp_model(run.options["arch"], "resnet18", num_classes, train.images.shape[1])
-    model, _ = methods.build(run.method, net)
+    net = build_smp_model(run.options["arch"], setup.encoder, num_classes, train.images.shape[1],
+                          encoder_weights=encoder_weights_path(setup))
+    model, criterion = methods.build(run.method, net, counts=scene_pixel_counts(train))
     loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
-    history = fit(model, loader, epochs=setup.epochs, lr=setup.lr, schedule="poly",
-                  device=device, progress=False, log_every=20)
+    history = fit(model, loader, epochs=setup.epochs, max_steps=setup.max_steps, lr=setup.lr,
+                  schedule="poly", criterion=criterion, device=device, progress=False,
+                  log_every=20)
     scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
                       task="segmentation", device=device)
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
     row["gate_opened_step"] = gate_opened_step(history)
+    row |= cache["encoder"] | {"steps": setup.steps}
     return row
 
 

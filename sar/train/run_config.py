@@ -94,7 +94,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """An smp model: ``arch``, ``encoder``, ``encoder_weights`` (``null`` offline,
-    ``"imagenet"`` downloads once) and extra ``kwargs`` for ``smp.create_model``."""
+    ``"imagenet"`` downloads once, a path such as ``"data/encoders/resnet18_fashion.pt"``
+    loads a file made by ``python -m sar.pretrain``) and extra ``kwargs`` for
+    ``smp.create_model``."""
 
     arch: str = "Unet"
     encoder: str = "resnet18"

@@ -1,0 +1,118 @@
+"""The segmentation setups: the committed benchmark unchanged, the pretrained-encoder grid."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from sar import data as D
+from sar import methods
+from sar.encoder_weights import save_encoder_weights, sha256_of
+from sar.experiments import (
+    LOGIT_ADJUSTED_SEGMENTATION_METHODS,
+    PRETRAINED_ENCODER,
+    PRETRAINED_SEGMENTATION,
+    PRETRAINED_SEGMENTATION_METHODS,
+    RESULTS_DIR,
+    SegmentationSetup,
+    encoder_weights_path,
+    grid_runs,
+    keys_by_row,
+    load_scenes,
+    main,
+    scene_pixel_counts,
+)
+from sar.experiments import runs as runs_module
+from sar.pretrain import DEFAULT_OUT, make_encoder
+
+
+def test_the_default_setup_is_the_committed_from_scratch_benchmark():
+    setup = SegmentationSetup()
+    assert setup.encoder_weights is None and setup.encoder == "resnet18"
+    assert setup.item_scale == (0.6, 1.2) and setup.items_per_scene == (2, 5)
+    assert setup.steps == 900 and setup.lr == 0.02 and setup.imbalance_factor == 20
+    runs = grid_runs("segmentation", [0, 1, 2], smoke=False)
+    assert len(runs) == 27 and {r.method for r in runs} == {"ce", "sar", "prototype"}
+    committed = pd.read_csv(RESULTS_DIR / "segmentation.csv")
+    assert set(keys_by_row(committed)) <= {run.key for run in runs}
+
+
+def test_the_default_scenes_are_those_of_the_committed_rows():
+    small = replace(SegmentationSetup(), train_scenes=3, val_scenes=2)
+    train, val = load_scenes(small)
+    # the call the committed rows were made with, before the setup had scene knobs
+    old_train = D.make_fashion_scenes(3, split="train", size=64, imbalance_factor=20.0, seed=0)
+    old_val = D.make_fashion_scenes(2, split="val", size=64, imbalance_factor=20.0, seed=0)
+    assert torch.equal(train.images, old_train.images) and torch.equal(val.masks, old_val.masks)
+    assert val.source_split == "fashion-mnist/test"  # validation items never seen in training
+
+
+def test_the_pretrained_grid_runs_four_methods_everywhere_and_logit_adjustment_once():
+    runs = grid_runs("segmentation_pretrained", [0, 1, 2], smoke=False)
+    per_arch = {arch: [r.method for r in runs if r.setting == arch and r.seed == 0]
+                for arch in PRETRAINED_SEGMENTATION.archs}
+    assert per_arch["Unet"] == per_arch["FPN"] == list(PRETRAINED_SEGMENTATION_METHODS)
+    assert per_arch["DeepLabV3Plus"] == [*PRETRAINED_SEGMENTATION_METHODS,
+                                         *LOGIT_ADJUSTED_SEGMENTATION_METHODS]
+    assert len(runs) == 3 * (3 * 4 + 2) and {r.experiment for r in runs} == {
+        "segmentation_pretrained"}
+    assert "sar_class_pull" in per_arch["Unet"]
+    assert PRETRAINED_SEGMENTATION.imbalance_factor >= 20  # the tail stays a tail
+    assert PRETRAINED_SEGMENTATION.encoder_weights == PRETRAINED_ENCODER
+    # where python -m sar.pretrain writes by default is where the grid looks
+    assert encoder_weights_path(PRETRAINED_SEGMENTATION) == DEFAULT_OUT
+    with pytest.raises(ValueError, match="one_arch 'FPN' is not among archs"):
+        SegmentationSetup(archs=("Unet",), one_arch="FPN", one_arch_methods=("logit_adjusted",))
+
+
+def test_pixel_counts_of_the_scenes_are_the_logit_adjustment_prior():
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[0, :2] = 3
+    scenes = D.SceneDataset(torch.zeros(2, 3, 4, 4), masks, [[], []], list(range(10)),
+                            [0.1] * 10, "custom", 0.15)
+    assert scene_pixel_counts(scenes) == [24, 1, 1, 8, 1, 1, 1, 1, 1, 1, 1]  # absent: 1
+
+
+def test_pretrained_smoke_grid_starts_every_method_from_the_file(tmp_path, monkeypatch):
+    weights = tmp_path / "encoders" / "r18.pt"
+    save_encoder_weights(make_encoder().state_dict(), weights, {"encoder": "resnet18"})
+    built, priors = [], []
+    real_build_smp, real_build = runs_module.build_smp_model, methods.build
+
+    def spy_smp(*args, **kwargs):
+        built.append(kwargs["encoder_weights"])
+        return real_build_smp(*args, **kwargs)
+
+    def spy_build(name, model, **kwargs):
+        priors.append(kwargs.get("counts"))
+        return real_build(name, model, **kwargs)
+
+    monkeypatch.setattr(runs_module, "build_smp_model", spy_smp)
+    monkeypatch.setattr(methods, "build", spy_build)
+    out = tmp_path / "results"
+    main(["segmentation_pretrained", "--smoke", "--seeds", "0", "--out", str(out),
+          "--device", "cpu", "--encoder-weights", str(weights)])
+    df = pd.read_csv(out / "segmentation_pretrained.csv")
+    assert list(df["method"]) == [*PRETRAINED_SEGMENTATION_METHODS,
+                                  *LOGIT_ADJUSTED_SEGMENTATION_METHODS]
+    assert df["mIoU"].between(0, 1).all() and "iou_class_10" in df
+    assert (df["encoder_sha256"] == sha256_of(weights)).all()
+    assert (df["encoder_weights"] == "r18.pt").all() and (df["steps"] == 2).all()
+    assert built == [weights.resolve()] * len(df)
+    assert all(len(p) == 11 and min(p) >= 1 for p in priors)  # pixel counts, background first
+    main(["render", "segmentation_pretrained", "--out", str(out)])
+    assert "IoU of the few-shot classes" in (out / "segmentation_pretrained.md").read_text()
+    assert (out / "figures" / "segmentation_pretrained_shot_groups.png").exists()
+
+
+def test_a_missing_encoder_file_stops_the_grid_before_any_run(tmp_path):
+    missing = tmp_path / "none.pt"
+    with pytest.raises(FileNotFoundError, match="python -m sar.pretrain --encoder resnet18"):
+        main(["segmentation_pretrained", "--smoke", "--seeds", "0", "--out", str(tmp_path),
+              "--device", "cpu", "--encoder-weights", str(missing)])
+    assert not (tmp_path / "segmentation_pretrained.csv").exists()
+    with pytest.raises(ValueError, match="for the segmentation experiments"):
+        main(["longtail", "--smoke", "--out", str(tmp_path), "--encoder-weights", str(missing)])
