@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, TypeVar
 import torch
 
 from .config import _FALSE, smoke_mode
+from .files import atomic_torch_save
 
 T = TypeVar("T")
 
@@ -130,20 +130,6 @@ def _load(path: Path, expected: str, map_location: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def _save_atomic(path: Path, entry: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(entry, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached(
     name: str,
     config: Mapping[str, Any],
@@ -189,8 +175,8 @@ def cached(
             return value
     value = compute()
     try:
-        _save_atomic(path, {"format": FORMAT_VERSION, "name": name, "config": expected,
-                            "smoke": smoke, "value": value})
+        atomic_torch_save({"format": FORMAT_VERSION, "name": name, "config": expected,
+                           "smoke": smoke, "value": value}, path)
     except Exception as err:  # unpicklable value, full disk: keep the result, say why
         warnings.warn(f"{name}: computed but not cached ({type(err).__name__}: {err})",
                       CacheWarning, stacklevel=2)

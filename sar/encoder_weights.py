@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .files import atomic_torch_save
+
 WEIGHT_SUFFIXES = (".pt", ".pth")
 PathLike = str | os.PathLike
 
@@ -65,11 +67,7 @@ def save_encoder_weights(
     leaves a half-written file. The sidecar holds ``metadata`` plus ``file`` (the name) and
     ``sha256``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
-    tmp.replace(path)
+    path = atomic_torch_save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
     record = {**metadata, "file": path.name, "sha256": sha256_of(path)}
     sidecar_path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

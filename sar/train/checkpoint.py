@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .. import distributed
 from ..distributed import unwrap
+from ..files import atomic_torch_save
 
 CHECKPOINT_VERSION = 1
 
@@ -81,22 +80,6 @@ def _records(history: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[dict[s
     return [dict(row) for row in history]
 
 
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    """Write to a temporary file beside ``path`` then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     path: PathLike,
     model: nn.Module,
@@ -132,7 +115,7 @@ def save_checkpoint(
         "rng_ranks": list(rank_rng) if rank_rng is not None else None,
     }
     path = Path(path)
-    _atomic_save(payload, path)
+    atomic_torch_save(payload, path)
     return path
 
 
