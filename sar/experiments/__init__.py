@@ -15,7 +15,6 @@ time and the git commit, so every number in the README and notebook 04 traces ba
 from .cli import main
 from .grids import (
     ABLATIONS,
-    CLASSIFICATION_METHODS,
     EXPERIMENTS,
     LOGIT_ADJUSTED_SEGMENTATION_METHODS,
     LONGTAIL_METHODS,
@@ -83,7 +82,6 @@ from .store import (
 
 __all__ = [
     "ABLATIONS",
-    "CLASSIFICATION_METHODS",
     "ClassificationSetup",
     "EXPERIMENTS",
     "KEY",
