@@ -170,3 +170,13 @@ def test_the_default_folder_is_git_ignored() -> None:
     if done.returncode == 128:
         pytest.skip("not a git checkout")
     assert done.returncode == 0, f"{probe} would be committed: add it to .gitignore"
+
+
+def test_atomic_save_gives_the_usual_file_permissions(tmp_path: Path) -> None:
+    from sar.files import atomic_torch_save
+
+    path = atomic_torch_save({"x": torch.zeros(2)}, tmp_path / "w.pt")
+    reference = tmp_path / "plain.pt"
+    torch.save({"x": torch.zeros(2)}, reference)
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+    assert not list(tmp_path.glob(".*.tmp"))
