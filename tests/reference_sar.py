@@ -7,7 +7,10 @@ returns plain floats and lists.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,18 +117,9 @@ class ReferenceSAR:
                 "gate_passed": float(passed), "gate_opened": float(self.ema is not None)}
 
     def _pull(self, features: torch.Tensor, labels: torch.Tensor) -> float:
-        pairs = []  # (feature vector, label) for every labelled position
         feats = features.double().tolist()
-        if features.dim() == 2:
-            pairs = list(zip(feats, labels.tolist(), strict=True))
-        else:
-            height, width = features.shape[2:]
-            for b in range(features.shape[0]):
-                lab = nearest_resize(labels[b].tolist(), height, width)
-                for i in range(height):
-                    for j in range(width):
-                        vector = [feats[b][d][i][j] for d in range(features.shape[1])]
-                        pairs.append((vector, lab[i][j]))
+        pairs = positions(features, labels, lambda *at: functools.reduce(list.__getitem__, at,
+                                                                          feats))
         by_class: dict[int, list[float]] = {}  # the distances of each class's positions
         for vector, label in pairs:
             if label == self.ignore_index:
@@ -139,12 +133,7 @@ class ReferenceSAR:
                 norms = math.sqrt(sum(f * f for f in vector) * sum(a * a for a in anchor))
                 distance = 1.0 - dot / max(norms, 1e-8)
             by_class.setdefault(label, []).append(distance)
-        if not by_class:
-            return 0.0
-        if self.pull_reduction == "class":
-            return sum(sum(d) / len(d) for d in by_class.values()) / len(by_class)
-        everything = [d for ds in by_class.values() for d in ds]
-        return sum(everything) / len(everything)
+        return reduce_by_class(by_class, self.pull_reduction, empty=0.0)
 
 
 def loop_pull(features: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor,
@@ -156,26 +145,36 @@ def loop_pull(features: torch.Tensor, labels: torch.Tensor, anchors: torch.Tenso
     positions; "class": mean within each class present, then over those classes.
     """
     targets = anchors.detach().double().tolist()
-    pairs = []  # (feature vector as a list of 0-dim tensors, label)
-    if features.dim() == 2:
-        pairs = [([features[b, d] for d in range(features.shape[1])], int(labels[b]))
-                 for b in range(features.shape[0])]
-    else:
-        height, width = features.shape[2:]
-        for b in range(features.shape[0]):
-            lab = nearest_resize(labels[b].tolist(), height, width)
-            for i in range(height):
-                for j in range(width):
-                    pairs.append(([features[b, d, i, j] for d in range(features.shape[1])],
-                                  lab[i][j]))
     by_class: dict[int, list[torch.Tensor]] = {}
-    for vector, label in pairs:
+    for vector, label in positions(features, labels, lambda *at: features[at]):
         if label == ignore_index:
             continue
         squares = sum((f - a) ** 2 for f, a in zip(vector, targets[label], strict=True))
         by_class.setdefault(label, []).append(squares / len(vector))
+    return reduce_by_class(by_class, reduction, empty=features.sum() * 0.0)
+
+
+def positions(features: torch.Tensor, labels: torch.Tensor,
+              entry: Callable[..., Any]) -> list[tuple[list[Any], int]]:
+    """``(feature vector, label)`` for every position, labels nearest-resized to the feature
+    map; ``entry(b, d[, i, j])`` reads one channel (a float, or a 0-dim tensor for autograd)."""
+    channels = range(features.shape[1])
+    if features.dim() == 2:
+        return [([entry(b, d) for d in channels], int(labels[b]))
+                for b in range(features.shape[0])]
+    height, width = features.shape[2:]
+    pairs = []
+    for b in range(features.shape[0]):
+        lab = nearest_resize(labels[b].tolist(), height, width)
+        pairs += [([entry(b, d, i, j) for d in channels], lab[i][j])
+                  for i in range(height) for j in range(width)]
+    return pairs
+
+
+def reduce_by_class(by_class: dict[int, list[Any]], reduction: str, empty: Any) -> Any:
+    """Mean over all positions (``"pixel"``) or over each class's mean (``"class"``)."""
     if not by_class:
-        return features.sum() * 0.0
+        return empty
     if reduction == "class":
         return sum(sum(d) / len(d) for d in by_class.values()) / len(by_class)
     everything = [d for ds in by_class.values() for d in ds]
