@@ -25,6 +25,12 @@ def smoke_mode() -> bool:
 SMOKE: bool = smoke_mode()
 
 
+def show_progress(progress: bool) -> bool:
+    """``progress``, unless ``TQDM_DISABLE`` is set: tqdm ignores that variable when a caller
+    passes ``disable`` itself, so executing a notebook with it would still store the bars."""
+    return progress and os.environ.get("TQDM_DISABLE", "").strip().lower() in _FALSE
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed Python, NumPy and PyTorch (CPU and CUDA); return a ``torch.Generator`` seeded alike.
 

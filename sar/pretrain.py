@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import show_progress
 from .data import sources
 from .data.constants import FASHION_MNIST_CLASSES
 from .data.scenes import compose_single_items
@@ -178,7 +179,8 @@ def pretrain_encoder(
                            weight_decay=weight_decay, nesterov=True))
     gen = torch.Generator().manual_seed(seed)
     start, step, recent = time.perf_counter(), 0, []
-    bar = tqdm(total=total, desc=f"pretrain {encoder_name}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"pretrain {encoder_name}", unit="step",
+               disable=not show_progress(progress))
     while step < total:
         order = torch.randperm(len(images), generator=gen)
         for b in range(steps_per_epoch):

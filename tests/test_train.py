@@ -320,3 +320,15 @@ def test_a_bfloat16_model_trains_and_scores_with_float32_inputs_from_the_loader(
     assert model.regularizer.semantic_anchors.dtype == torch.float32
     scores = evaluate(model, batches, num_classes=3, task="segmentation", device="cpu")
     assert 0 <= scores["mIoU"] <= 1
+
+
+def test_tqdm_disable_hides_fit_progress_bars(monkeypatch, capsys):
+    # the notebooks' execution command sets TQDM_DISABLE=1 so stored outputs hold no bars
+    batches = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.arange(8) % 10),
+                         batch_size=4)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    fit(SARClassifier(SmallCNN(width=4, feat_dim=8)), batches, device="cpu", progress=True)
+    assert "fit" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    fit(SARClassifier(SmallCNN(width=4, feat_dim=8)), batches, device="cpu", progress=True)
+    assert "fit" in capsys.readouterr().err

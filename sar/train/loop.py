@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..config import default_device
+from ..config import default_device, show_progress
 from ..distributed import unwrap
 from ..labels import AUTO, resolve_ignore_index
 from ..models import RegularizedModel
@@ -264,8 +264,8 @@ def _train(trainer: _Trainer, loader: Iterable, start_epoch: int, epochs: int,
            progress: bool, on_epoch_end: Callable[[int, nn.Module], None] | None) -> None:
     model, was_training = trainer.model, trainer.model.training
     model.train()
-    trainer.bar = tqdm(total=trainer.total_steps, initial=trainer.step, disable=not progress,
-                       desc="fit", unit="step", dynamic_ncols=True)
+    trainer.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="fit", unit="step",
+                       disable=not show_progress(progress), dynamic_ncols=True)
     try:
         for epoch in range(start_epoch, epochs):
             if trainer.step >= trainer.total_steps:
