@@ -208,6 +208,12 @@ class SemanticAnchorRegularizer(Float32Module):
         self.register_buffer("gate_opened", torch.zeros((), dtype=torch.bool))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
+    def first_target_weight(self) -> float:
+        """The weight the projected anchors of the gate's first opening still have in the
+        semantic anchors: ``momentum ** (num_updates - 1)`` (0 before the gate opens)."""
+        updates = int(self.num_updates)
+        return self.momentum ** (updates - 1) if updates else 0.0
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, trade_off={self.trade_off},"

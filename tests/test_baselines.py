@@ -421,3 +421,13 @@ def test_logit_adjustment_shifts_by_the_log_prior():
 def test_logit_adjustment_needs_positive_counts():
     with pytest.raises(ValueError, match="positive count"):
         LogitAdjustedCrossEntropy([5, 0])
+
+
+def test_first_batch_weight_matches_the_blend_it_summarises():
+    reg = PrototypeRegularizer(2, 1, momentum=0.5, warmup_steps=0).train()
+    labels = torch.tensor([0, 0])
+    for value in (1.0, 0.0, 0.0):  # the first batch mean of class 0 is 1, the others 0
+        reg(torch.full((2, 1), value), labels)
+    weights = reg.first_batch_weight()
+    assert weights[0].item() == pytest.approx(reg.prototypes[0, 0].item())
+    assert weights[1].item() == 0.0  # class 1 never seen

@@ -18,7 +18,7 @@ from test_regularizer import (
 )
 
 from sar import methods
-from sar.regularizer import LOSS_KEYS
+from sar.regularizer import LOSS_KEYS, SemanticAnchorRegularizer
 
 # a hand-made 2x3x4 label map: class 0 is frequent, 1 and 2 rare, 3 absent, 255 ignored
 HAND_LABELS = torch.tensor([[[0, 0, 0, 0], [0, 0, 255, 1], [0, 0, 0, 2]],
@@ -174,3 +174,10 @@ def test_anchor_diagnostics_change_no_state(train):
     with torch.no_grad():
         projected = copy.deepcopy(reg.projector).train(train)(reg.anchors)
     assert torch.equal(diag["projected"], projected)
+
+
+def test_first_target_weight_is_the_ema_share_of_the_first_opening():
+    reg = SemanticAnchorRegularizer(3, 4, momentum=0.9)
+    assert reg.first_target_weight() == 0.0
+    reg.num_updates.fill_(3)
+    assert reg.first_target_weight() == pytest.approx(0.81)

@@ -104,6 +104,14 @@ class PrototypeRegularizer(Float32Module):
         self.register_buffer("class_updates", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
+    def first_batch_weight(self) -> torch.Tensor:
+        """``(C,)`` float64: the weight each class's first batch mean still has in its prototype,
+        ``m^(t-1) (1 - m) / (1 - m^t)`` after ``t`` updates (1 after one, 0 for unseen classes).
+        """
+        t, m = self.class_updates.double(), self.momentum
+        weight = m ** (t - 1) * (1 - m) / (1 - m ** t).clamp(min=1e-300)
+        return torch.where(t == 1, 1.0, torch.where(t == 0, 0.0, weight))
+
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim},"
                 f" weight={self.weight}, momentum={self.momentum},"
