@@ -44,10 +44,11 @@ def test_longtail_smoke_grid_has_one_row_per_method_setting_and_seed(longtail_cs
     assert set(df["method"]) == set(LONGTAIL_METHODS)
     assert set(df["setting"]) == {f"if={f:g}" for f in factors}
     for column in ("accuracy", "many_accuracy", "few_accuracy", "nc1", "acc_class_9",
-                   "hardware", "wall_time_s", "git_commit", "seed"):
+                   "hardware", "wall_time_s", "git_commit", "torch", "seed"):
         assert column in df.columns, column
     assert df["accuracy"].between(0, 1).all()
     assert df["smoke"].all()
+    assert (df["torch"] == torch.__version__).all()  # rows say which torch rounded them
 
 
 def test_rerun_skips_finished_rows(longtail_csv, capsys):

@@ -24,6 +24,7 @@ from sar.metrics import (
     representation_metrics,
     segmentation_summary,
     shot_accuracy,
+    target_distance_ratio,
 )
 
 
@@ -406,3 +407,48 @@ def test_tracker_anchor_columns_hand_computed():
     assert math.isnan(tracker.table()["anchor_step_drift"].iloc[0])
     assert torch.equal(tracker.snapshots[5].anchors, reg.semantic_anchors)
     assert not torch.equal(first, reg.semantic_anchors)
+
+
+def _target_distance_ratio_loop(features, labels, targets):
+    # slow reference: plain Python loops over samples and class pairs
+    present = sorted(set(labels.tolist()))
+    pair_sq = [float(((targets[a] - targets[b]) ** 2).sum())
+               for a, b in itertools.combinations(present, 2)]
+    spacing = sum(pair_sq) / len(pair_sq)
+    out = []
+    for c in range(len(targets)):
+        rows = [float(((f - targets[c]) ** 2).sum()) for f, y in zip(features, labels) if y == c]
+        out.append(sum(rows) / len(rows) / spacing if rows else math.nan)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_target_distance_ratio_matches_loop_reference_and_is_scale_free():
+    g = torch.Generator().manual_seed(3)
+    features, targets = torch.randn(60, 5, generator=g), torch.randn(4, 5, generator=g)
+    labels = torch.randint(0, 3, (60,), generator=g)  # class 3 absent
+    got = target_distance_ratio(features, labels, targets)
+    want = _target_distance_ratio_loop(features, labels, targets)
+    assert torch.allclose(got[:3], want[:3], rtol=1e-10) and math.isnan(got[3])
+    assert torch.allclose(target_distance_ratio(7 * features, labels, 7 * targets)[:3], got[:3])
+    assert target_distance_ratio(targets[labels], labels, targets)[:3].abs().max() == 0
+
+
+def test_target_distance_ratio_on_class_means_is_the_ratio_metric():
+    g = torch.Generator().manual_seed(4)
+    features, labels = torch.randn(80, 6, generator=g), torch.arange(80) % 4
+    means = class_means(features, labels, 4)
+    per_class = target_distance_ratio(features, labels, means)
+    counts = torch.bincount(labels, minlength=4).double()
+    ratio = representation_metrics(features, labels, 4)["ratio"]
+    # class_means returns float32 means, the metric measures in float64
+    assert (per_class * counts).sum().item() / 80 == pytest.approx(ratio, rel=1e-6)
+
+
+@pytest.mark.parametrize(("labels", "targets", "match"), [
+    (torch.zeros(5, dtype=torch.long), torch.randn(3, 4), "two classes"),
+    (torch.tensor([0, 1, 0, 1, 0]), torch.ones(3, 4), "coincide"),
+    (torch.tensor([0, 1, 0, 1, 0]), torch.randn(3, 5), "D=5"),
+])
+def test_target_distance_ratio_refuses_what_it_cannot_measure(labels, targets, match):
+    with pytest.raises(ValueError, match=match):
+        target_distance_ratio(torch.randn(5, 4), labels, targets)

@@ -102,6 +102,7 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
         append_row(csv, meta | row | {
             "smoke": smoke, "hardware": hardware(), "device": str(device),
             "wall_time_s": round(time.perf_counter() - start, 1), "git_commit": commit,
+            "torch": torch.__version__,  # the same code can round differently on another torch
         })
     return csv
 

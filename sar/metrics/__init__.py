@@ -9,7 +9,8 @@ Three families, all taking torch tensors (numpy arrays are converted):
   :class:`ConfusionMeter` for evaluation loops, and :func:`segmentation_summary`, one table
   row from a segmentation evaluation.
 * **Representation geometry** - how tightly features cluster around their class mean or
-  anchor (:func:`representation_metrics`, including neural-collapse NC1) and how much class
+  anchor (:func:`representation_metrics`, including neural-collapse NC1;
+  :func:`target_distance_ratio` per class, scale-free) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
 
 Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
@@ -23,6 +24,7 @@ from .geometry import (
     geometry_drift,
     model_anchors,
     representation_metrics,
+    target_distance_ratio,
 )
 from .scores import (
     ConfusionMeter,
@@ -51,6 +53,7 @@ __all__ = [
     "per_class_accuracy",
     "pixel_accuracy",
     "representation_metrics",
+    "target_distance_ratio",
     "segmentation_summary",
     "shot_accuracy",
 ]

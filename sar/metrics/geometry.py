@@ -223,6 +223,55 @@ def geometry_drift(centres: ArrayLike) -> float:
     return torch.stack(diffs).nanmean().item()
 
 
+def target_distance_ratio(
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+) -> torch.Tensor:
+    """How close each class's features sit to their own target, relative to the targets' spacing.
+
+    ``r_c = mean_{i: y_i = c} ‖f_i − t_c‖² / mean_{a < b} ‖t_a − t_b‖²``, the pair mean taken
+    over the classes present in ``labels``. Scale-free (multiplying features and targets by
+    ``k`` leaves it unchanged), so a pull that merely shrinks features does not lower it;
+    ``r_c → 0`` as class ``c`` collapses onto its target, and ``r_c`` near ``1/2`` or above
+    means its features are as far from their target as the targets are from each other. With
+    the class means as ``targets`` the class-weighted mean of ``r_c`` is the ``ratio`` of
+    :func:`representation_metrics` (the within-class scatter of Papyan et al.'s NC1, without
+    the whitening); with SAR's semantic anchors it says whether the features collapse onto
+    *those* (Ge et al., AAAI 2024, section 3.3: the pull towards semantic anchors).
+
+    Args:
+        features: ``(N, D)`` float features.
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        targets: ``(C, D)`` one target per class (semantic anchors, prototypes, class means).
+
+    Returns:
+        ``(C,)`` float64; NaN for classes absent from ``labels``.
+
+    Raises:
+        ValueError: shapes that do not match, labels outside ``[0, C)``, fewer than two
+            classes present, or targets that coincide (zero spacing).
+    """
+    target = _tensor(targets).double()
+    if target.ndim != 2:
+        raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
+    num_classes = target.shape[0]
+    feats, labels = _features_and_labels(features, labels, num_classes)
+    if target.shape[1] != feats.shape[1]:
+        raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
+    target = target.to(feats.device)
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = torch.nonzero(counts).flatten()
+    if len(present) < 2:
+        raise ValueError("target_distance_ratio needs at least two classes present")
+    pairs = torch.triu_indices(len(present), len(present), offset=1, device=feats.device)
+    spacing = torch.cdist(target[present], target[present]).square()[pairs[0], pairs[1]].mean()
+    if spacing <= 0:
+        raise ValueError("the targets coincide: their spacing is 0")
+    sq = (feats - target[labels]).square().sum(dim=1)
+    per_class = feats.new_zeros(num_classes).index_add_(0, labels, sq) / counts.clamp_min(1)
+    per_class[counts == 0] = math.nan
+    return per_class / spacing
+
+
 def model_anchors(model: torch.nn.Module) -> torch.Tensor | None:
     """A detached copy ``(C, D)`` of the class targets a regularised model pulls features toward.
 
