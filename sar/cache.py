@@ -65,6 +65,15 @@ def cache_dir(folder: str | Path | None = None) -> Path:
     return DEFAULT_CACHE_DIR
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it: stored notebook outputs then read
+    the same on every machine."""
+    try:
+        return str(path.resolve().relative_to(DEFAULT_CACHE_DIR.parents[1].resolve()))
+    except ValueError:
+        return str(path)
+
+
 def cache_enabled() -> bool:
     """False when ``$SAR_CACHE`` is ``0``/``false``/``off``/``no`` (read on every call)."""
     value = os.environ.get(CACHE_ENV)
@@ -171,7 +180,7 @@ def cached(
         found, value = _load(path, expected, map_location)
         if found:
             if verbose:
-                print(f"{name}: loaded from {path}")
+                print(f"{name}: loaded from {_shown(path)}")
             return value
     value = compute()
     try:
@@ -182,7 +191,7 @@ def cached(
                       CacheWarning, stacklevel=2)
         return value
     if verbose:
-        print(f"{name}: computed and saved to {path}")
+        print(f"{name}: computed and saved to {_shown(path)}")
     return value
 
 

@@ -180,3 +180,20 @@ def test_atomic_save_gives_the_usual_file_permissions(tmp_path: Path) -> None:
     torch.save({"x": torch.zeros(2)}, reference)
     assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_messages_name_the_default_folder_relative_to_the_repository(monkeypatch, capsys):
+    # stored notebook outputs must not carry the path of the machine that ran them
+    monkeypatch.delenv("SAR_CACHE_DIR", raising=False)
+    name = "test_relative_message"
+    for path in C.DEFAULT_CACHE_DIR.glob(f"{name}-*"):
+        path.unlink()
+    try:
+        C.cached(name, {"x": 1}, lambda: 1, smoke=True)
+        C.cached(name, {"x": 1}, lambda: 1, smoke=True)
+        out = capsys.readouterr().out
+        assert f"saved to data/cache/{name}-" in out and f"loaded from data/cache/{name}-" in out
+        assert str(C.DEFAULT_CACHE_DIR) not in out
+    finally:
+        for path in C.DEFAULT_CACHE_DIR.glob(f"{name}-*"):
+            path.unlink()
