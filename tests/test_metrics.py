@@ -25,6 +25,7 @@ from sar.metrics import (
     segmentation_summary,
     shot_accuracy,
     target_distance_ratio,
+    target_distances,
 )
 
 
@@ -452,3 +453,28 @@ def test_target_distance_ratio_on_class_means_is_the_ratio_metric():
 def test_target_distance_ratio_refuses_what_it_cannot_measure(labels, targets, match):
     with pytest.raises(ValueError, match=match):
         target_distance_ratio(torch.randn(5, 4), labels, targets)
+
+
+def test_target_distances_are_exact_distances_over_the_rms_spacing():
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    targets = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    own, nearest = target_distances(features, labels, targets)
+    scale = math.sqrt(sum(float(((targets[a] - targets[b]) ** 2).sum())
+                          for a, b in itertools.combinations(range(3), 2)) / 3)
+    for i in range(30):
+        d = [float((features[i] - t).norm()) / scale for t in targets]
+        y = int(labels[i])
+        assert own[i].item() == pytest.approx(d[y], rel=1e-9)
+        assert nearest[i].item() == pytest.approx(min(d[:y] + d[y + 1:]), rel=1e-9)
+    ratio = target_distance_ratio(features, labels, targets)
+    assert torch.allclose(ratio, torch.stack([own[labels == c].square().mean() for c in range(3)]))
+
+
+def test_target_distances_ignore_targets_of_absent_classes():
+    targets = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.1, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])  # class 2 (next to class 0's target) absent
+    features = targets[labels]
+    own, nearest = target_distances(features, labels, targets)
+    assert own.abs().max() == 0 and torch.allclose(nearest, torch.ones(4, dtype=torch.float64))

@@ -356,3 +356,21 @@ def test_segmentation_comparison_rows_columns_and_accuracy_titles():
     titled.canvas.draw()
     top_of_axes = max(ax.get_tightbbox().y1 for ax in titled.axes)
     assert titled.texts[0].get_window_extent().y0 >= top_of_axes  # title above the panels
+
+
+def test_plot_target_distances_draws_every_point_in_its_class_colour_under_a_shared_limit():
+    from sar.metrics import target_distances
+    from sar.plots import class_palette, plot_target_distances
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(3, 5, generator=g)
+    labels = torch.arange(60) % 3
+    features = targets[labels] + 0.1 * torch.randn(60, 5, generator=g)
+    own, nearest = target_distances(features, labels, targets)
+    ax = plot_target_distances(own, nearest, labels, class_names=["a", "b", "c"], limit=2.0)
+    points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert points == 60 and ax.get_xlim() == (0, 2.0) and ax.get_ylim() == (0, 2.0)
+    palette = class_palette(3, None, ["a", "b", "c"])
+    for c, collection in enumerate(ax.collections):
+        assert np.allclose(collection.get_facecolor()[0][:3], palette[c][:3])
+    plt.close(ax.figure)

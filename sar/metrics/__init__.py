@@ -25,6 +25,7 @@ from .geometry import (
     model_anchors,
     representation_metrics,
     target_distance_ratio,
+    target_distances,
 )
 from .scores import (
     ConfusionMeter,
@@ -54,6 +55,7 @@ __all__ = [
     "pixel_accuracy",
     "representation_metrics",
     "target_distance_ratio",
+    "target_distances",
     "segmentation_summary",
     "shot_accuracy",
 ]

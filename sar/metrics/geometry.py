@@ -223,6 +223,27 @@ def geometry_drift(centres: ArrayLike) -> float:
     return torch.stack(diffs).nanmean().item()
 
 
+def _targets_and_spacing(
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 features, labels, targets and the mean squared spacing of the present targets."""
+    target = _tensor(targets).double()
+    if target.ndim != 2:
+        raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
+    feats, labels = _features_and_labels(features, labels, target.shape[0])
+    if target.shape[1] != feats.shape[1]:
+        raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
+    target = target.to(feats.device)
+    present = torch.nonzero(torch.bincount(labels, minlength=target.shape[0])).flatten()
+    if len(present) < 2:
+        raise ValueError("target distances need at least two classes present")
+    pairs = torch.triu_indices(len(present), len(present), offset=1, device=feats.device)
+    spacing = torch.cdist(target[present], target[present]).square()[pairs[0], pairs[1]].mean()
+    if spacing <= 0:
+        raise ValueError("the targets coincide: their spacing is 0")
+    return feats, labels, target, spacing
+
+
 def target_distance_ratio(
     features: ArrayLike, labels: ArrayLike, targets: ArrayLike
 ) -> torch.Tensor:
@@ -250,26 +271,42 @@ def target_distance_ratio(
         ValueError: shapes that do not match, labels outside ``[0, C)``, fewer than two
             classes present, or targets that coincide (zero spacing).
     """
-    target = _tensor(targets).double()
-    if target.ndim != 2:
-        raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
-    num_classes = target.shape[0]
-    feats, labels = _features_and_labels(features, labels, num_classes)
-    if target.shape[1] != feats.shape[1]:
-        raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
-    target = target.to(feats.device)
-    counts = torch.bincount(labels, minlength=num_classes)
-    present = torch.nonzero(counts).flatten()
-    if len(present) < 2:
-        raise ValueError("target_distance_ratio needs at least two classes present")
-    pairs = torch.triu_indices(len(present), len(present), offset=1, device=feats.device)
-    spacing = torch.cdist(target[present], target[present]).square()[pairs[0], pairs[1]].mean()
-    if spacing <= 0:
-        raise ValueError("the targets coincide: their spacing is 0")
+    feats, labels, target, spacing = _targets_and_spacing(features, labels, targets)
+    counts = torch.bincount(labels, minlength=target.shape[0])
     sq = (feats - target[labels]).square().sum(dim=1)
-    per_class = feats.new_zeros(num_classes).index_add_(0, labels, sq) / counts.clamp_min(1)
+    per_class = feats.new_zeros(target.shape[0]).index_add_(0, labels, sq) / counts.clamp_min(1)
     per_class[counts == 0] = math.nan
     return per_class / spacing
+
+
+def target_distances(
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each feature's distance to its own class's target and to the nearest other target.
+
+    Both are exact distances in the feature space (no projection), divided by the targets'
+    root-mean-square spacing ``sqrt(mean_{a < b} ‖t_a − t_b‖²)`` so runs of different feature
+    scale compare. A feature collapsed onto its target has ``own = 0``; ``own < nearest``
+    means the nearest-target rule assigns it to its own class. Drawn by
+    :func:`sar.plots.plot_target_distances`.
+
+    Args:
+        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)``.
+
+    Returns:
+        ``(own, nearest_other)``, two ``(N,)`` float64 tensors (unitless).
+
+    Raises:
+        ValueError: as :func:`target_distance_ratio`.
+    """
+    feats, labels, target, spacing = _targets_and_spacing(features, labels, targets)
+    dist = torch.cdist(feats, target)  # (N, C)
+    own = dist.gather(1, labels[:, None]).squeeze(1)
+    others = dist.scatter(1, labels[:, None], math.inf)
+    present = torch.bincount(labels, minlength=target.shape[0]) > 0
+    others[:, ~present] = math.inf  # absent classes' targets are not competitors
+    scale = spacing.sqrt()
+    return own / scale, others.min(dim=1).values / scale
 
 
 def model_anchors(model: torch.nn.Module) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ through :func:`class_palette` (a "background" class is black everywhere).
 """
 
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
-from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding
+from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding, plot_target_distances
 from .results import plot_bars, plot_per_class, plot_sweep, sweep_summary
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
@@ -59,6 +59,7 @@ __all__ = [
     "plot_anchor_probabilities",
     "plot_bars",
     "plot_embedding",
+    "plot_target_distances",
     "plot_metric_curves",
     "plot_per_class",
     "plot_sar_pipeline",

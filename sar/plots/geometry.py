@@ -209,3 +209,50 @@ def _embedding_legend(ax: Axes, n_classes: int, anchors: str | None) -> None:
             markerscale=1.0,
             frameon=False,
         )
+
+
+def plot_target_distances(
+    own: ArrayLike,
+    nearest_other: ArrayLike,
+    labels: ArrayLike,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+    limit: float | None = None,
+    title: str | None = None,
+    legend: bool = True,
+) -> Axes:
+    """Each feature as a point (distance to its own target, distance to the nearest other).
+
+    The inputs are :func:`sar.metrics.target_distances`: exact distances in the feature
+    space, in units of the targets' RMS spacing, so nothing is projected. Collapse onto the
+    targets moves points to the left edge; points above the dashed diagonal are nearer their
+    own target than any other (a nearest-target classifier gets them right).
+
+    Args:
+        own, nearest_other: ``(N,)`` distances (unitless); labels: ``(N,)`` classes.
+        class_names: legend names (the fixed class palette colours the points).
+        max_points: above this many points a seeded random subset is drawn.
+        limit: upper limit of both axes (default: the data's 99th percentile), so that panels
+            of a grid can share one scale.
+        title: Axes title; legend: draw the class legend (a grid shares one:
+            :func:`~sar.plots.style.figure_legend`).
+    """
+    x, y = _numpy(own).astype(np.float64), _numpy(nearest_other).astype(np.float64)
+    labs = _numpy(labels).astype(np.int64)
+    keep = _subsample(len(x), max_points, seed)
+    x, y, labs = x[keep], y[keep], labs[keep]
+    ax = _axes(ax)
+    num_classes = int(labs.max()) + 1
+    palette, names = class_palette(num_classes, None, class_names), _names(class_names, num_classes)
+    for c in np.unique(labs):
+        ax.scatter(x[labs == c], y[labs == c], s=7, alpha=0.55, color=palette[c], label=names[c],
+                   linewidths=0)
+    top = limit if limit is not None else float(np.percentile(np.concatenate([x, y]), 99))
+    ax.plot([0, top], [0, top], linestyle="--", color="0.4", linewidth=1, label="own = nearest")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="distance to own target (× RMS target spacing)",
+           ylabel="distance to nearest other target", title=title or "Features and their targets")
+    if legend:
+        ax.legend(fontsize=8, markerscale=2, loc="lower right")
+    return ax
