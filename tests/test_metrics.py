@@ -418,7 +418,8 @@ def _target_distance_ratio_loop(features, labels, targets):
     spacing = sum(pair_sq) / len(pair_sq)
     out = []
     for c in range(len(targets)):
-        rows = [float(((f - targets[c]) ** 2).sum()) for f, y in zip(features, labels, strict=True) if y == c]
+        rows = [float(((f - targets[c]) ** 2).sum())
+                for f, y in zip(features, labels, strict=True) if y == c]
         out.append(sum(rows) / len(rows) / spacing if rows else math.nan)
     return torch.tensor(out, dtype=torch.float64)
 
