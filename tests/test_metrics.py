@@ -479,3 +479,13 @@ def test_target_distances_ignore_targets_of_absent_classes():
     features = targets[labels]
     own, nearest = target_distances(features, labels, targets)
     assert own.abs().max() == 0 and torch.allclose(nearest, torch.ones(4, dtype=torch.float64))
+
+
+def test_class_mean_cosine_is_the_mean_cosine_to_the_own_class_mean():
+    g = torch.Generator().manual_seed(6)
+    features, labels = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.arange(40) % 4
+    means = [features[labels == c].mean(0) for c in range(4)]
+    want = sum(float(torch.dot(f, means[y]) / (f.norm() * means[y].norm()))
+               for f, y in zip(features, labels.tolist(), strict=True)) / 40
+    got = representation_metrics(features, labels, 4)["class_mean_cosine"]
+    assert got == pytest.approx(want, rel=1e-10)

@@ -115,6 +115,8 @@ def representation_metrics(
           a simplex ETF gives ``−1/(C'−1)`` for all three, and a high maximum flags the two
           least separated classes.
         * ``num_present`` - ``C'``.
+        * ``class_mean_cosine`` - mean over samples of ``cos(f_i, μ_{y_i})``: the control for
+          ``anchor_cosine``, defined for any model (plain CE included).
         * with ``anchors``: ``anchor_cosine`` - mean over samples of
           ``cos(f_i, a_{y_i})`` (in ``[−1, 1]``, higher is closer to the anchor's direction);
           ``anchor_distance`` - mean over samples of ``‖f_i − a_{y_i}‖² / D`` (per-dimension
@@ -131,6 +133,7 @@ def representation_metrics(
 
     out: dict[str, float] = {"num_present": float(n_present)}
     out["compactness"] = residuals.square().sum(dim=1).mean().item()
+    out["class_mean_cosine"] = F.cosine_similarity(feats, means[labels], dim=1).mean().item()
     if n_present >= 2:
         pairs = torch.triu_indices(n_present, n_present, offset=1, device=feats.device)
         cos = _pairwise_cosine(centred)[pairs[0], pairs[1]]
