@@ -489,3 +489,16 @@ def test_class_mean_cosine_is_the_mean_cosine_to_the_own_class_mean():
                for f, y in zip(features, labels.tolist(), strict=True)) / 40
     got = representation_metrics(features, labels, 4)["class_mean_cosine"]
     assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_anchor_ratio_is_the_sample_weighted_target_distance_ratio():
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    anchors = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    labels = torch.arange(50) % 3
+    per_class = target_distance_ratio(features, labels, anchors)
+    counts = torch.bincount(labels, minlength=3).double()
+    got = representation_metrics(features, labels, 3, anchors)["anchor_ratio"]
+    assert got == pytest.approx(((per_class * counts).sum() / 50).item(), rel=1e-9)
+    scaled = representation_metrics(3 * features, labels, 3, 3 * anchors)["anchor_ratio"]
+    assert scaled == pytest.approx(got, rel=1e-9)

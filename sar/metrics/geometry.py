@@ -120,7 +120,10 @@ def representation_metrics(
         * with ``anchors``: ``anchor_cosine`` - mean over samples of
           ``cos(f_i, a_{y_i})`` (in ``[−1, 1]``, higher is closer to the anchor's direction);
           ``anchor_distance`` - mean over samples of ``‖f_i − a_{y_i}‖² / D`` (per-dimension
-          squared distance).
+          squared distance); ``anchor_ratio`` - mean over samples of ``‖f_i − a_{y_i}‖²``
+          over the anchors' mean squared pairwise spacing (present classes): the ``ratio``
+          with anchors in place of class means, scale-free, → 0 as features collapse onto
+          their anchors (:func:`target_distance_ratio` gives it per class).
 
         Pair-based entries are NaN when fewer than two classes are present.
     """
@@ -166,6 +169,14 @@ def representation_metrics(
         target = target[labels]
         out["anchor_cosine"] = F.cosine_similarity(feats, target, dim=1).mean().item()
         out["anchor_distance"] = (feats - target).square().mean().item()
+        out["anchor_ratio"] = math.nan
+        if n_present >= 2:
+            spaced = _tensor(anchors).double().to(feats.device)[present]
+            pairs = torch.triu_indices(n_present, n_present, offset=1, device=feats.device)
+            spacing = torch.cdist(spaced, spaced).square()[pairs[0], pairs[1]].mean()
+            if spacing > 0:
+                out["anchor_ratio"] = ((feats - target).square().sum(dim=1).mean()
+                                       / spacing).item()
     return out
 
 
@@ -397,6 +408,7 @@ class RepresentationTracker:
                 row["anchor_step_drift"] = center_drift(torch.stack([self._previous, anchors]))
         row.setdefault("anchor_cosine", math.nan)
         row.setdefault("anchor_distance", math.nan)
+        row.setdefault("anchor_ratio", math.nan)
         self._previous = anchors
         self.rows.append(row)
         if epoch in self.snapshot_epochs:
