@@ -245,3 +245,15 @@ def test_the_diagram_follows_the_regulariser_it_is_given() -> None:
     fig = plots.plot_sar_pipeline(reg, ax=ax)
     assert fig is ax.figure and not ax.axison
     assert any("momentum 0.99 " in t.get_text() + " " for t in ax.texts)
+
+
+def test_per_class_ten_class_names_are_slanted_so_they_do_not_collide() -> None:
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    ax = plots.plot_per_class(np.linspace(0, 1, 10), counts=np.arange(10, 0, -1),
+                              class_names=names)
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == names
+    assert all(t.get_rotation() == 30 and t.get_ha() == "right" for t in labels)
+    few = plots.plot_per_class(np.ones(3), counts=np.ones(3), class_names=["a", "b", "c"])
+    assert all(t.get_rotation() == 0 for t in few.get_xticklabels())

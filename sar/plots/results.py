@@ -68,7 +68,10 @@ def plot_per_class(
     ax.set(ylabel=ylabel, xlim=(-0.6, len(n) - 0.4))
     ax.set_title(title, pad=24)  # room for the legend row
     if len(n) <= 30:
-        ax.set_xticks(pos, names, rotation=90 if len(n) > 10 else 0)
+        # ten names like "Ankle boot" and "T-shirt/top" collide when level
+        rotation = 90 if len(n) > 10 else 30 if len(n) > 5 else 0
+        ax.set_xticks(pos, names, rotation=rotation, ha="right" if rotation == 30 else "center",
+                      rotation_mode="anchor" if rotation == 30 else "default")
         ax.set_xlabel("class (sorted by training count, head → tail)")
     else:
         ax.set_xlabel("class rank by training count (head → tail)")
