@@ -116,12 +116,3 @@ def test_a_missing_encoder_file_stops_the_grid_before_any_run(tmp_path):
     assert not (tmp_path / "segmentation_pretrained.csv").exists()
     with pytest.raises(ValueError, match="for the segmentation experiments"):
         main(["longtail", "--smoke", "--out", str(tmp_path), "--encoder-weights", str(missing)])
-
-
-def test_a_fixed_class_order_sets_the_head_the_tail_and_the_shot_groups():
-    order = (6, 2, 4, 0, 5, 7, 9, 3, 8, 1)
-    setup = replace(SegmentationSetup(), class_order=order, train_scenes=400, val_scenes=2)
-    assert runs_module.scene_shot_groups(setup) == {"many": [2, 4, 6], "medium": [0, 5, 7, 9],
-                                                    "few": [1, 3, 8]}  # each list ascending
-    pixels = load_scenes(setup)[0].class_pixel_counts[1:]  # mask id k + 1 is class k
-    assert int(pixels.argmax()) == order[0] and int(pixels.argmin()) in order[-3:]

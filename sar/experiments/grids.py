@@ -120,7 +120,6 @@ class SegmentationSetup:
     val_scenes: int = 300
     imbalance_factor: float = 20.0  # head/tail item frequency
     scene_seed: int = 0  # fixes which classes are head and tail, for every training seed
-    class_order: tuple[int, ...] | None = None  # Fashion-MNIST ids, head first (None: scene_seed's)
     archs: tuple[str, ...] = ("Unet", "FPN", "DeepLabV3Plus")
     encoder: str = "resnet18"
     encoder_weights: str | None = None

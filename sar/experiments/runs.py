@@ -105,7 +105,7 @@ def load_scenes(setup: SegmentationSetup) -> tuple[sar_data.SceneDataset, sar_da
     its test split) of ``setup``."""
     common = {"size": setup.size, "imbalance_factor": setup.imbalance_factor,
               "seed": setup.scene_seed, "item_scale": setup.item_scale,
-              "items_per_scene": setup.items_per_scene, "class_order": setup.class_order}
+              "items_per_scene": setup.items_per_scene}
     return (sar_data.make_fashion_scenes(setup.train_scenes, split="train", **common),
             sar_data.make_fashion_scenes(setup.val_scenes, split="val", **common))
 
@@ -178,8 +178,7 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
 def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:
     """Fashion-MNIST class ids the scenes of ``setup`` make frequent ("many", 3 classes),
     medium (4) or rare ("few", 3). Every training seed shares one scene set, hence one grouping."""
-    order, probs = sar_data.scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed,
-                                              class_order=setup.class_order)
+    order, probs = sar_data.scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
     return sar_data.shot_groups(probs.tolist(), class_order=order)
 
 
