@@ -245,3 +245,17 @@ def test_tuned_methods_take_the_setting_chosen_on_validation(tmp_path):
     assert tuned["sar_tuned"] == {"trade_off_ce": 3.0} and tuned["sar"] == {}
     assert tuned["logit_adjusted"] == {"tau": 2.0} and tuned["prototype"] == {"weight": 1.0}
     assert tuned["sar_anchor_ce_only"] == {"trade_off": 0.0}
+
+
+def test_per_class_iou_table_orders_classes_head_to_tail_and_averages_seeds():
+    from sar.experiments.report import per_class_iou_table
+
+    groups = {"many": [4, 1, 7], "medium": [0, 3, 5, 9], "few": [2, 6, 8]}
+    rows = [{"setting": "Unet", "method": m, "seed": s,
+             **{f"iou_class_{k}": (k + s) / 100 for k in range(11)}}
+            for m in ("ce", "sar") for s in (0, 1)]
+    table = per_class_iou_table(pd.DataFrame(rows), groups)
+    assert list(table.columns[:4]) == ["architecture", "method", "background", "Coat"]
+    assert list(table.columns[-3:]) == ["Pullover", "Shirt", "Bag"]
+    assert table.loc[0, "Coat"] == pytest.approx(5.5)  # class 4 is mask id 5: (5 + 6) / 2
+    assert len(table) == 2

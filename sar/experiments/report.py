@@ -226,6 +226,12 @@ def render(experiment: str, out_dir: Path) -> Path:
             tables += [f"\n**IoU of the {group}-shot classes** ({names}; %, mean over these"
                        " classes, then mean ± std over seeds)\n",
                        markdown_table(df, "method", "setting", f"{group}_iou")]
+        tables += ["\n**Paired gain over CE by shot group** (IoU, percentage points, mean ± std"
+                   " over seeds of the per-seed difference)\n",
+                   paired_gap_table(df, "method", "ce", [f"{g}_iou" for g in groups],
+                                    columns="setting")]
+        tables += ["\n**Per-class IoU** (%, mean over seeds; classes head → tail)\n",
+                   _markdown(per_class_iou_table(df, groups))]
         ax = plots.plot_bars(df, "setting", "mIoU", hue="method", ylabel="validation mIoU",
                              title="Long-tailed scenes: mIoU by architecture")
         _save(ax.figure, figures / f"{experiment}_miou.png")
@@ -241,6 +247,17 @@ def render(experiment: str, out_dir: Path) -> Path:
     summary = out_dir / f"{experiment}.md"
     summary.write_text("\n".join(tables) + "\n")
     return summary
+
+
+def per_class_iou_table(df: pd.DataFrame, groups: dict[str, list[int]]) -> pd.DataFrame:
+    """Architecture x method rows, one column per item class in shot-group order (head first),
+    background first: IoU in %, mean over the seeds run so far."""
+    ids = [c for group in ("many", "medium", "few") for c in groups[group]]
+    columns = {"iou_class_0": "background"} | {
+        f"iou_class_{c + 1}": sar_data.FASHION_MNIST_CLASSES[c] for c in ids}
+    means = df.groupby(["setting", "method"], sort=False)[list(columns)].mean() * 100
+    table = means.rename(columns=columns).round(1).reset_index()
+    return table.rename(columns={"setting": "architecture"})
 
 
 def chosen_settings(df: pd.DataFrame) -> pd.DataFrame:
