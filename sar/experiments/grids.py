@@ -28,7 +28,7 @@ SEGMENTATION_METHODS = ("ce", "sar", "prototype")
 # the logit-adjusted pair (which rebalances the classifier, not the features) on one
 PRETRAINED_SEGMENTATION_METHODS = ("ce", "sar", "prototype", "sar_class_pull")
 LOGIT_ADJUSTED_SEGMENTATION_METHODS = ("logit_adjusted", "sar_logit_adjusted")
-# made by `python -m sar.pretrain` (about 20 minutes on an idle 2-core CPU); relative to the repository
+# made by `python -m sar.pretrain` (about 20 minutes on an idle 2-core CPU), repository-relative
 PRETRAINED_ENCODER = "data/encoders/resnet18_fashion.pt"
 
 
