@@ -116,3 +116,21 @@ def test_a_missing_encoder_file_stops_the_grid_before_any_run(tmp_path):
     assert not (tmp_path / "segmentation_pretrained.csv").exists()
     with pytest.raises(ValueError, match="for the segmentation experiments"):
         main(["longtail", "--smoke", "--out", str(tmp_path), "--encoder-weights", str(missing)])
+
+
+def test_a_notebook_gets_the_model_of_exactly_the_run_a_grid_cell_scores():
+    from sar.experiments import SMOKE_SEGMENTATION, Run, run_segmentation, train_on_scenes
+    from sar.train import evaluate
+
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=8, val_scenes=4)
+    out = train_on_scenes("sar", "Unet", setup, seed=3, device="cpu")
+    row = run_segmentation(Run("segmentation", "sar", "Unet", 3, {"arch": "Unet"}), setup,
+                           torch.device("cpu"), {})
+    assert row["mIoU"] == out["scores"]["mIoU"]
+    per_class = pd.Series([row[f"iou_class_{k}"] for k in range(11)])
+    assert per_class.equals(pd.Series(out["scores"]["per_class_iou"]))  # NaN == NaN here
+    assert not out["model"].training
+    val = load_scenes(setup)[1]
+    again = evaluate(out["model"], torch.utils.data.DataLoader(val, batch_size=32),
+                     num_classes=11, task="segmentation", device="cpu")
+    assert again["mIoU"] == out["scores"]["mIoU"]

@@ -66,6 +66,7 @@ from .runs import (
     run_segmentation,
     scene_pixel_counts,
     scene_shot_groups,
+    train_on_scenes,
 )
 from .store import (
     KEY,
@@ -134,6 +135,7 @@ __all__ = [
     "run_classification",
     "run_grid",
     "run_segmentation",
+    "train_on_scenes",
     "scene_pixel_counts",
     "scene_shot_groups",
     "segmentation_grid",

@@ -140,38 +140,61 @@ def scene_pixel_counts(scenes: sar_data.SceneDataset) -> list[int]:
     return scenes.class_pixel_counts.clamp(min=1).tolist()
 
 
+def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
+                    device: torch.device | str, cache: dict[str, Any] | None = None, *,
+                    progress: bool = False) -> dict[str, Any]:
+    """Train ``method`` (a :mod:`sar.methods` name) on ``arch`` with the scenes and schedule of
+    ``setup``, from seed ``seed``; score it on the validation scenes. What a grid cell runs,
+    for a notebook that wants the model too.
+
+    ``cache`` keeps the scenes and the encoder record between calls (a fresh dict if None).
+    The logit-adjusted methods take their prior from the training scenes' pixel counts.
+
+    Returns:
+        ``{"model", "history", "scores", "encoder"}``: the trained wrapped model (eval mode),
+        :func:`~sar.train.fit`'s history, :func:`~sar.train.evaluate`'s scores on the
+        validation scenes (IoUs as fractions) and the encoder columns of
+        :func:`encoder_record`.
+
+    Raises:
+        FileNotFoundError: ``setup.encoder_weights`` names a file that does not exist (before
+            any scene is built).
+    """
+    cache = {} if cache is None else cache
+    if "scenes" not in cache:
+        cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
+        cache["scenes"] = load_scenes(setup)
+    train, val = cache["scenes"]
+    num_classes = len(sar_data.SCENE_CLASSES)
+    generator = seed_everything(seed)
+    net = build_smp_model(arch, setup.encoder, num_classes, train.images.shape[1],
+                          encoder_weights=encoder_weights_path(setup))
+    model, criterion = methods.build(method, net, counts=scene_pixel_counts(train))
+    loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
+    history = fit(model, loader, epochs=setup.epochs, max_steps=setup.max_steps, lr=setup.lr,
+                  schedule="poly", criterion=criterion, device=device, progress=progress,
+                  log_every=20)
+    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
+                      task="segmentation", device=device)
+    return {"model": model.eval(), "history": history, "scores": scores,
+            "encoder": cache["encoder"]}
+
+
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                      cache: dict[str, Any]) -> dict[str, Any]:
-    """Train ``run.method`` (a :mod:`sar.methods` name) on ``run.options["arch"]`` with the
-    scenes and schedule of ``setup``; score it on the validation scenes.
-
-    ``cache`` keeps the scenes and the encoder record between the runs of one grid. The
-    logit-adjusted methods take their prior from the training scenes' pixel counts.
+    """One grid cell: :func:`train_on_scenes` for ``run.method`` on ``run.options["arch"]``.
 
     Returns:
         A row: ``mIoU``, ``pixel_accuracy`` and ``iou_class_k`` (fractions; mask id k, 0 =
         background, k = Fashion-MNIST class k - 1), ``gate_opened_step``, the encoder columns
         of :func:`encoder_record` and ``steps``.
     """
-    if "scenes" not in cache:
-        cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
-        cache["scenes"] = load_scenes(setup)
-    train, val = cache["scenes"]
-    num_classes = len(sar_data.SCENE_CLASSES)
-    generator = seed_everything(run.seed)
-    net = build_smp_model(run.options["arch"], setup.encoder, num_classes, train.images.shape[1],
-                          encoder_weights=encoder_weights_path(setup))
-    model, criterion = methods.build(run.method, net, counts=scene_pixel_counts(train))
-    loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
-    history = fit(model, loader, epochs=setup.epochs, max_steps=setup.max_steps, lr=setup.lr,
-                  schedule="poly", criterion=criterion, device=device, progress=False,
-                  log_every=20)
-    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
-                      task="segmentation", device=device)
+    out = train_on_scenes(run.method, run.options["arch"], setup, run.seed, device, cache)
+    scores = out["scores"]
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
-    row["gate_opened_step"] = gate_opened_step(history)
-    row |= cache["encoder"] | {"steps": setup.steps}
+    row["gate_opened_step"] = gate_opened_step(out["history"])
+    row |= out["encoder"] | {"steps": setup.steps}
     return row
 
 
