@@ -374,3 +374,17 @@ def test_plot_target_distances_draws_every_point_in_its_class_colour_under_a_sha
     for c, collection in enumerate(ax.collections):
         assert np.allclose(collection.get_facecolor()[0][:3], palette[c][:3])
     plt.close(ax.figure)
+
+
+def test_metric_curves_take_colours_for_some_levels_and_keep_the_rest():
+    from matplotlib.colors import to_rgb
+
+    from sar.plots import level_colors, plot_metric_curves
+
+    df = pd.DataFrame({"run": ["x", "x", "y", "y"], "epoch": [0, 1, 0, 1],
+                       "acc": [0.1, 0.2, 0.3, 0.4]})
+    ax = plot_metric_curves(df, "acc", hue="run", colors={"y": "#123456"})
+    x_line, y_line = ax.get_lines()
+    assert to_rgb(y_line.get_color()) == to_rgb("#123456")
+    assert to_rgb(x_line.get_color()) == to_rgb(level_colors(["x", "y"])[0])
+    plt.close(ax.figure)

@@ -53,6 +53,12 @@ def class_means(features: ArrayLike, labels: ArrayLike, num_classes: int) -> tor
     return _class_means64(feats, labels, num_classes).to(dtype)
 
 
+def _mean_squared_spacing(points: torch.Tensor) -> torch.Tensor:
+    """Mean over unordered pairs of rows of ``‖p_a − p_b‖²`` (a 0-d tensor; needs 2+ rows)."""
+    pairs = torch.triu_indices(len(points), len(points), offset=1, device=points.device)
+    return torch.cdist(points, points).square()[pairs[0], pairs[1]].mean()
+
+
 def _centred(means: torch.Tensor) -> torch.Tensor:
     """Subtract the mean of the (non-NaN) rows: the global mean of the class means."""
     return means - means.nanmean(dim=0, keepdim=True)
@@ -140,9 +146,7 @@ def representation_metrics(
     if n_present >= 2:
         pairs = torch.triu_indices(n_present, n_present, offset=1, device=feats.device)
         cos = _pairwise_cosine(centred)[pairs[0], pairs[1]]
-        out["separation"] = (
-            torch.cdist(means[present], means[present]).square()[pairs[0], pairs[1]].mean().item()
-        )
+        out["separation"] = _mean_squared_spacing(means[present]).item()
         out["ratio"] = out["compactness"] / out["separation"]
         out["nc1"] = _nc1(residuals, centred)
         out["min_center_cosine"] = cos.min().item()
@@ -171,9 +175,7 @@ def representation_metrics(
         out["anchor_distance"] = (feats - target).square().mean().item()
         out["anchor_ratio"] = math.nan
         if n_present >= 2:
-            spaced = _tensor(anchors).double().to(feats.device)[present]
-            pairs = torch.triu_indices(n_present, n_present, offset=1, device=feats.device)
-            spacing = torch.cdist(spaced, spaced).square()[pairs[0], pairs[1]].mean()
+            spacing = _mean_squared_spacing(_tensor(anchors).double().to(feats.device)[present])
             if spacing > 0:
                 out["anchor_ratio"] = ((feats - target).square().sum(dim=1).mean()
                                        / spacing).item()
@@ -251,8 +253,7 @@ def _targets_and_spacing(
     present = torch.nonzero(torch.bincount(labels, minlength=target.shape[0])).flatten()
     if len(present) < 2:
         raise ValueError("target distances need at least two classes present")
-    pairs = torch.triu_indices(len(present), len(present), offset=1, device=feats.device)
-    spacing = torch.cdist(target[present], target[present]).square()[pairs[0], pairs[1]].mean()
+    spacing = _mean_squared_spacing(target[present])
     if spacing <= 0:
         raise ValueError("the targets coincide: their spacing is 0")
     return feats, labels, target, spacing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -130,6 +131,7 @@ def plot_metric_curves(
     title: str | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
+    colors: Mapping[str, Any] | None = None,
 ) -> Axes:
     """Mean of ``y`` against ``x``, one line per ``hue`` level, with a ± std band over runs.
 
@@ -141,9 +143,12 @@ def plot_metric_curves(
     :func:`~sar.plots.style.level_colors`) across calls, so a second call with
     ``linestyle="--"`` and a ``label_suffix`` can add a related column to the same Axes.
     Registry method names are written as their display labels; a log axis gets plain ticks.
+    ``colors`` overrides the colour of some levels (e.g. shades of one method for the levels
+    of a knob).
     """
     order = list(hue_order) if hue_order is not None else list(dict.fromkeys(df[hue]))
-    colours = level_colors(order)
+    colours = [(colors or {}).get(level, colour)
+               for level, colour in zip(order, level_colors(order), strict=True)]
     stats = sweep_summary(df.dropna(subset=[y]), x, y, hue)
     ax = _axes(ax)
     for i, level in enumerate(order):
