@@ -45,7 +45,7 @@ from .config import show_progress
 from .data import sources
 from .data.constants import FASHION_MNIST_CLASSES
 from .data.scenes import compose_single_items
-from .encoder_weights import save_encoder_weights
+from .encoder_weights import save_encoder_weights, sha256_of, verify_encoder_weights
 from .models import build_smp_model
 
 # where the segmentation_pretrained grid looks (sar.experiments.grids.PRETRAINED_ENCODER)
@@ -238,6 +238,44 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
 
 
+def pretrain_and_save(out: str | Path, encoder_name: str = "resnet18", *, command: str,
+                      **options: Any) -> dict[str, Any]:
+    """:func:`pretrain_encoder` with ``options``, then the encoder saved to ``out`` with a sidecar
+    recording ``command`` (how to make the file again) and the library versions.
+
+    Returns:
+        The sidecar's content (:func:`sar.encoder_weights.save_encoder_weights`).
+    """
+    encoder, record = pretrain_encoder(encoder_name, **options)
+    record |= {"command": command, **versions()}
+    return save_encoder_weights(encoder.state_dict(), out, record)
+
+
+def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18", *,
+                   device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """The encoder weights at ``path``: checked and described if the file exists, else
+    pretrained now with the defaults of ``python -m sar.pretrain`` and saved there (load if
+    present, else train; about 20 minutes on a 2-core CPU, once per machine).
+
+    Returns:
+        The file's sidecar (``file``, ``sha256``, ``budget``, ``final_train_accuracy``,
+        ``command``, ...); ``{"file", "sha256"}`` only for a file saved without a sidecar.
+
+    Raises:
+        ValueError: the file exists but fails its checksum or holds another encoder
+            (:func:`sar.encoder_weights.verify_encoder_weights`; the message says how to
+            remake it).
+    """
+    path = Path(path)
+    if path.is_file():
+        return verify_encoder_weights(path, encoder_name) or {"file": path.name,
+                                                              "sha256": sha256_of(path)}
+    command = (f"python -m sar.pretrain --encoder {encoder_name} --device {device} "
+               f"--out {shlex.quote(str(path))}")  # the same run, from a shell
+    return pretrain_and_save(path, encoder_name, command=command, device=device,
+                             progress=progress)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m sar.pretrain``: pretrain, save the encoder and its sidecar, print both."""
     import sys
@@ -264,13 +302,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args_list = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(args_list)
     torch.set_num_threads(args.threads)
-    encoder, record = pretrain_encoder(
-        args.encoder, epochs=args.epochs, max_steps=args.steps or None,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, size=args.size,
-        per_class=args.per_class, eval_size=args.eval_size, seed=args.seed, device=args.device,
+    record = pretrain_and_save(
+        args.out, args.encoder, command="python -m sar.pretrain " + shlex.join(args_list),
+        epochs=args.epochs, max_steps=args.steps or None, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, size=args.size, per_class=args.per_class,
+        eval_size=args.eval_size, seed=args.seed, device=args.device,
         progress=not args.no_progress)
-    record |= {"command": "python -m sar.pretrain " + shlex.join(args_list), **versions()}
-    record = save_encoder_weights(encoder.state_dict(), args.out, record)
     print(f"wrote {args.out} (sha256 {record['sha256'][:16]}...), final train accuracy"
           f" {record['final_train_accuracy']:.3f} after {record['budget']['steps']} steps")
     return record

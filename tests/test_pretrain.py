@@ -167,3 +167,27 @@ def test_both_optimizers_train_and_others_are_refused(fake_fashion):
     assert record["budget"]["optimizer"] == "sgd" and record["budget"]["momentum"] == 0.9
     with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'sgd'"):
         pretrain.pretrain_encoder(optimizer="adam", max_steps=1, batch_size=4, progress=False)
+
+
+def test_ensure_encoder_pretrains_once_then_loads(fake_fashion, tmp_path, monkeypatch):
+    real = pretrain.pretrain_encoder
+    calls = []
+
+    def tiny(encoder_name, **options):  # the defaults' budget would take 20 minutes
+        calls.append(options)
+        return real(encoder_name, **{**options, "max_steps": 2, "batch_size": 4, "size": 32,
+                                     "eval_size": 4})
+
+    monkeypatch.setattr(pretrain, "pretrain_encoder", tiny)
+    path = tmp_path / "encoders" / "r18.pt"
+    made = pretrain.ensure_encoder(path, device="cpu", progress=False)
+    assert path.is_file() and len(calls) == 1
+    assert made["sha256"] == sha256_of(path)
+    assert made["command"] == f"python -m sar.pretrain --encoder resnet18 --device cpu --out {path}"
+    assert pretrain.ensure_encoder(path) == made and len(calls) == 1  # loaded, not retrained
+    with pytest.raises(ValueError, match="holds a resnet18 encoder"):
+        pretrain.ensure_encoder(path, "resnet34")
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="does not match its sidecar"):
+        pretrain.ensure_encoder(path)
+    assert len(calls) == 1

@@ -134,3 +134,31 @@ def test_a_notebook_gets_the_model_of_exactly_the_run_a_grid_cell_scores():
     again = evaluate(out["model"], torch.utils.data.DataLoader(val, batch_size=32),
                      num_classes=11, task="segmentation", device="cpu")
     assert again["mIoU"] == out["scores"]["mIoU"]
+
+
+def test_a_cached_scene_run_trains_once_and_reloads_the_same_model(tmp_path, monkeypatch):
+    from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run
+    from sar.experiments import runs as runs_module
+
+    monkeypatch.setenv("SAR_CACHE", "1")
+    monkeypatch.setenv("SAR_CACHE_DIR", str(tmp_path))
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=8, val_scenes=4)
+    first = cached_scene_run("sar", "Unet", setup, 3, "cpu", progress=False)
+    assert len(list(tmp_path.glob("scene_run_sar_Unet_seed3-*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the run was cached")
+
+    monkeypatch.setattr(runs_module, "train_on_scenes", no_training)
+    again = cached_scene_run("sar", "Unet", setup, 3, "cpu", progress=False)
+    assert again["scores"]["mIoU"] == first["scores"]["mIoU"]
+    assert again["history"].equals(first["history"])
+    for (name, a), (_, b) in zip(first["model"].state_dict().items(),
+                                 again["model"].state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not again["model"].training
+    images = load_scenes(setup)[1].images[:2]
+    with torch.no_grad():
+        assert torch.equal(first["model"](images), again["model"](images))
+    with pytest.raises(AssertionError, match="trained again"):  # other options: another run
+        cached_scene_run("sar", "Unet", setup, 3, "cpu", options={"update_conf": 0.5})

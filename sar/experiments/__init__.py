@@ -57,6 +57,8 @@ from .runner import grid_status, results_or_reduced_grid, run_grid, with_tuned_o
 from .runs import (
     LongTailData,
     add_shot_group_iou,
+    build_scene_model,
+    cached_scene_run,
     encoder_record,
     encoder_weights_path,
     load_longtail_data,
@@ -105,6 +107,8 @@ __all__ = [
     "TUNING",
     "ablation_grid",
     "add_shot_group_iou",
+    "build_scene_model",
+    "cached_scene_run",
     "append_row",
     "append_rows",
     "chosen_settings",

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .. import data as sar_data
 from .. import methods
+from ..cache import cached
 from ..config import seed_everything
 from ..encoder_weights import sha256_of, verify_encoder_weights
 from ..models import SmallCNN, build_smp_model
@@ -140,15 +141,27 @@ def scene_pixel_counts(scenes: sar_data.SceneDataset) -> list[int]:
     return scenes.class_pixel_counts.clamp(min=1).tolist()
 
 
+def build_scene_model(method: str, arch: str, setup: SegmentationSetup,
+                      train: sar_data.SceneDataset, **options: Any
+                      ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """``arch`` with ``setup``'s encoder (its weights file loaded, if any), wrapped for
+    ``method`` by :func:`sar.methods.build` with ``options``; the logit-adjusted methods take
+    their prior from ``train``'s pixel counts. Returns ``(wrapped model, criterion)``."""
+    net = build_smp_model(arch, setup.encoder, len(sar_data.SCENE_CLASSES),
+                          train.images.shape[1], encoder_weights=encoder_weights_path(setup))
+    return methods.build(method, net, counts=scene_pixel_counts(train), **options)
+
+
 def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
                     device: torch.device | str, cache: dict[str, Any] | None = None, *,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Train ``method`` (a :mod:`sar.methods` name) on ``arch`` with the scenes and schedule of
     ``setup``, from seed ``seed``; score it on the validation scenes. What a grid cell runs,
     for a notebook that wants the model too.
 
     ``cache`` keeps the scenes and the encoder record between calls (a fresh dict if None).
-    The logit-adjusted methods take their prior from the training scenes' pixel counts.
+    ``options`` go to the method's regulariser (e.g. ``{"update_conf": 0.5}`` for SAR).
 
     Returns:
         ``{"model", "history", "scores", "encoder"}``: the trained wrapped model (eval mode),
@@ -165,19 +178,51 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
         cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
         cache["scenes"] = load_scenes(setup)
     train, val = cache["scenes"]
-    num_classes = len(sar_data.SCENE_CLASSES)
     generator = seed_everything(seed)
-    net = build_smp_model(arch, setup.encoder, num_classes, train.images.shape[1],
-                          encoder_weights=encoder_weights_path(setup))
-    model, criterion = methods.build(method, net, counts=scene_pixel_counts(train))
+    model, criterion = build_scene_model(method, arch, setup, train, **(options or {}))
     loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, max_steps=setup.max_steps, lr=setup.lr,
                   schedule="poly", criterion=criterion, device=device, progress=progress,
                   log_every=20)
-    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=num_classes,
+    scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=train.num_classes,
                       task="segmentation", device=device)
     return {"model": model.eval(), "history": history, "scores": scores,
             "encoder": cache["encoder"]}
+
+
+def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int,
+                     device: torch.device | str, cache: dict[str, Any] | None = None, *,
+                     progress: bool = True, options: dict[str, Any] | None = None,
+                     name: str = "scene_run") -> dict[str, Any]:
+    """:func:`train_on_scenes` through :func:`sar.cache.cached`: loaded when the same run
+    (method, architecture, setup, seed, options, encoder checksum, device type) was saved
+    before, trained and saved otherwise. ``SAR_CACHE=0`` retrains.
+
+    Returns:
+        As :func:`train_on_scenes`, the model rebuilt from the saved state on ``device``.
+
+    Raises:
+        FileNotFoundError: as :func:`train_on_scenes`.
+    """
+    cache = {} if cache is None else cache
+    if "encoder" not in cache:
+        cache["encoder"] = encoder_record(setup)
+    device = torch.device(device)
+    config = {"method": method, "arch": arch, "setup": setup, "seed": seed,
+              "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
+              "device": device.type}
+
+    def train() -> dict[str, Any]:
+        out = train_on_scenes(method, arch, setup, seed, device, cache, progress=progress,
+                              options=options)
+        return {**out, "model": out["model"].cpu().state_dict()}
+
+    stored = cached(f"{name}_{method}_{arch}_seed{seed}", config, train)
+    if "scenes" not in cache:
+        cache["scenes"] = load_scenes(setup)
+    model, _ = build_scene_model(method, arch, setup, cache["scenes"][0], **(options or {}))
+    model.load_state_dict(stored["model"])
+    return {**stored, "model": model.to(device).eval()}
 
 
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
