@@ -502,3 +502,32 @@ def test_anchor_ratio_is_the_sample_weighted_target_distance_ratio():
     assert got == pytest.approx(((per_class * counts).sum() / 50).item(), rel=1e-9)
     scaled = representation_metrics(3 * features, labels, 3, 3 * anchors)["anchor_ratio"]
     assert scaled == pytest.approx(got, rel=1e-9)
+
+
+def test_pull_shares_match_a_loop_over_points_and_the_regularizers_pull():
+    from sar import SemanticAnchorRegularizer
+    from sar.metrics import pull_shares
+
+    gen = torch.Generator().manual_seed(0)
+    feats, targets = torch.randn(40, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    labels = torch.tensor([0] * 25 + [1] * 10 + [3] * 5)  # class 2 absent
+    shares = pull_shares(feats, labels, targets)
+    ys = labels.tolist()
+    penalty = [((f - targets[y]) ** 2).mean().item() for f, y in zip(feats, ys, strict=True)]
+    by_class = {c: [e for e, y in zip(penalty, ys, strict=True) if y == c] for c in (0, 1, 3)}
+    total = sum(penalty)
+    means = {c: sum(v) / len(v) for c, v in by_class.items()}
+    for c in range(4):
+        assert shares["points"][c] == pytest.approx(len(by_class.get(c, [])) / 40)
+        assert shares["per_pixel_pull"][c] == pytest.approx(sum(by_class.get(c, [])) / total)
+        assert shares["per_class_pull"][c] == pytest.approx(
+            means.get(c, 0.0) / sum(means.values()))
+    # the regulariser's two reductions are these sums: per point and per class present
+    for reduction, expected in (("pixel", total / 40), ("class", sum(means.values()) / 3)):
+        reg = SemanticAnchorRegularizer(4, 3, pull_reduction=reduction)
+        reg.semantic_anchors.copy_(targets)
+        assert reg._pull(feats, labels).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at least one point"):
+        pull_shares(feats[:0], labels[:0], targets)
+    with pytest.raises(ValueError, match="targets have D=2"):
+        pull_shares(feats, labels, targets[:, :2])

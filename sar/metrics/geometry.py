@@ -324,6 +324,47 @@ def target_distances(
     return own / scale, others.min(dim=1).values / scale
 
 
+def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+                ) -> dict[str, torch.Tensor]:
+    """Where a pull toward ``targets`` acts, class by class, over the points given.
+
+    The squared-distance pull of SAR (``distance="mse"``) gives each point the penalty
+    ``e = mean_d (f_d - t_{y,d})^2``. Averaged over points (the paper's per-pixel pull) a class
+    contributes ``sum_{y_i = c} e_i / sum_i e_i`` of the loss, so a class that owns most pixels
+    owns most of the pull; averaged per class first, then over the classes present
+    (``pull_reduction="class"``), it contributes ``mean_{y_i = c} e_i / sum_k mean_{y_i = k} e_i``.
+    Ge et al. (AAAI 2024) average over pixels; the per-class shares are this repository's option.
+
+    Args:
+        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)`` (e.g. the
+            semantic anchors of :func:`model_anchors`).
+
+    Returns:
+        ``{"points", "per_pixel_pull", "per_class_pull"}``: three ``(C,)`` float64 tensors of
+        fractions that sum to 1 (0 for classes without points): each class's share of the
+        points, of the per-point mean pull and of the per-class mean pull.
+
+    Raises:
+        ValueError: shapes that disagree, labels outside ``[0, C)``, or no points.
+    """
+    target = _tensor(targets).double()
+    if target.ndim != 2:
+        raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
+    feats, labels = _features_and_labels(features, labels, target.shape[0])
+    if target.shape[1] != feats.shape[1]:
+        raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
+    if len(labels) == 0:
+        raise ValueError("pull shares need at least one point")
+    penalty = (feats - target.to(feats.device)[labels]).pow(2).mean(dim=1)
+    num_classes = target.shape[0]
+    points = torch.bincount(labels, minlength=num_classes).double()
+    summed = torch.zeros(num_classes, dtype=torch.float64, device=feats.device).index_add_(
+        0, labels, penalty)
+    class_means = summed / points.clamp(min=1)
+    return {"points": points / points.sum(), "per_pixel_pull": summed / summed.sum(),
+            "per_class_pull": class_means / class_means.sum()}
+
+
 def model_anchors(model: torch.nn.Module) -> torch.Tensor | None:
     """A detached copy ``(C, D)`` of the class targets a regularised model pulls features toward.
 
