@@ -239,17 +239,25 @@ def geometry_drift(centres: ArrayLike) -> float:
     return torch.stack(diffs).nanmean().item()
 
 
-def _targets_and_spacing(
+def _features_labels_targets(
     features: ArrayLike, labels: ArrayLike, targets: ArrayLike
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float64 features, labels, targets and the mean squared spacing of the present targets."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 ``(N, D)`` features, ``(N,)`` labels and ``(C, D)`` targets on one device,
+    checked against each other."""
     target = _tensor(targets).double()
     if target.ndim != 2:
         raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
     feats, labels = _features_and_labels(features, labels, target.shape[0])
     if target.shape[1] != feats.shape[1]:
         raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
-    target = target.to(feats.device)
+    return feats, labels, target.to(feats.device)
+
+
+def _targets_and_spacing(
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 features, labels, targets and the mean squared spacing of the present targets."""
+    feats, labels, target = _features_labels_targets(features, labels, targets)
     present = torch.nonzero(torch.bincount(labels, minlength=target.shape[0])).flatten()
     if len(present) < 2:
         raise ValueError("target distances need at least two classes present")
@@ -347,15 +355,10 @@ def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike
     Raises:
         ValueError: shapes that disagree, labels outside ``[0, C)``, or no points.
     """
-    target = _tensor(targets).double()
-    if target.ndim != 2:
-        raise ValueError(f"targets must be (C, D), got {tuple(target.shape)}")
-    feats, labels = _features_and_labels(features, labels, target.shape[0])
-    if target.shape[1] != feats.shape[1]:
-        raise ValueError(f"targets have D={target.shape[1]}, features D={feats.shape[1]}")
+    feats, labels, target = _features_labels_targets(features, labels, targets)
     if len(labels) == 0:
         raise ValueError("pull shares need at least one point")
-    penalty = (feats - target.to(feats.device)[labels]).pow(2).mean(dim=1)
+    penalty = (feats - target[labels]).pow(2).mean(dim=1)
     num_classes = target.shape[0]
     points = torch.bincount(labels, minlength=num_classes).double()
     summed = torch.zeros(num_classes, dtype=torch.float64, device=feats.device).index_add_(
