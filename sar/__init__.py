@@ -40,7 +40,7 @@ from .regularizer import SemanticAnchorRegularizer
 __version__ = "0.1.0"
 
 _LAZY_MODULES = ("benchmark", "cache", "data", "distributed", "encoder_weights", "experiments",
-                 "methods", "metrics", "plots", "pretrain", "train")
+                 "methods", "metrics", "notebook", "plots", "pretrain", "train")
 
 
 def __getattr__(name: str):

@@ -257,3 +257,21 @@ def test_per_class_ten_class_names_are_slanted_so_they_do_not_collide() -> None:
     assert all(t.get_rotation() == 30 and t.get_ha() == "right" for t in labels)
     few = plots.plot_per_class(np.ones(3), counts=np.ones(3), class_names=["a", "b", "c"])
     assert all(t.get_rotation() == 0 for t in few.get_xticklabels())
+
+
+def test_setup_notebook_styles_seeds_and_says_what_it_runs_on(capsys, monkeypatch):
+    import matplotlib as mpl
+
+    import sar
+    from sar.notebook import setup_notebook
+
+    monkeypatch.setenv("SAR_SMOKE", "1")
+    mpl.rcParams["axes.titlesize"] = 5
+    device = setup_notebook(7)
+    first = torch.rand(3)
+    assert device == sar.default_device()
+    assert mpl.rcParams["axes.titlesize"] == 13  # the repository's style
+    assert capsys.readouterr().out == (f"sar {sar.__version__} | torch {torch.__version__} | "
+                                       f"device {device} | smoke mode True\n")
+    setup_notebook(7, verbose=False)
+    assert torch.equal(torch.rand(3), first) and capsys.readouterr().out == ""
