@@ -54,10 +54,10 @@ __all__ = [
     "model_anchors",
     "per_class_accuracy",
     "pixel_accuracy",
-    "representation_metrics",
-    "target_distance_ratio",
     "pull_shares",
-    "target_distances",
+    "representation_metrics",
     "segmentation_summary",
     "shot_accuracy",
+    "target_distance_ratio",
+    "target_distances",
 ]
