@@ -76,7 +76,14 @@ def save_encoder_weights(
 def read_sidecar(path: PathLike) -> dict[str, Any] | None:
     """The sidecar of weights file ``path`` as a dict, or ``None`` when there is none."""
     sidecar = sidecar_path(path)
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    if not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the sidecar {sidecar} is not valid JSON ({err}); delete it and"
+                         f" {path.name if isinstance(path, Path) else path} and make them"
+                         " again") from err
 
 
 def verify_encoder_weights(path: PathLike, encoder_name: str | None = None
@@ -101,11 +108,12 @@ def verify_encoder_weights(path: PathLike, encoder_name: str | None = None
         return None
     actual = sha256_of(path)
     if actual != record.get("sha256"):
-        remake = record.get("command") or pretrain_command(encoder_name or "resnet18", path)
+        remake = pretrain_command(record.get("encoder") or encoder_name or "resnet18", path)
+        made_by = f" (it was made by `{record['command']}`)" if record.get("command") else ""
         raise ValueError(
             f"{path} does not match its sidecar {sidecar_path(path).name}: SHA-256 {actual}"
             f" but the sidecar records {record.get('sha256')}. The file changed after it was"
-            f" made; make it again with `{remake}`"
+            f" made; make it again with `{remake}`{made_by}"
         )
     made_for = record.get("encoder")
     if encoder_name is not None and made_for is not None and made_for != encoder_name:

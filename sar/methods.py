@@ -126,7 +126,8 @@ def build(
 
     Raises:
         ValueError: an unknown name (the message lists the known ones), a logit-adjusted method
-            without ``counts``, or an ETF head on a segmentation model.
+            without ``counts``, an ETF head on a segmentation model, or ``options`` for a
+            method without a regulariser (``ce``, ``logit_adjusted``).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -139,8 +140,11 @@ def build(
         variant, make_criterion = _ETF_HEADS[name]
         head = _etf(model, head_name, num_classes, feat_dim, segmentation, variant, options)
         return head, make_criterion() if make_criterion is not None else None
-    make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
-    regularizer = make_regularizer(num_classes, feat_dim, **options)
+    regularizer_name = _LOGIT_ADJUSTED.get(name, name)
+    if regularizer_name == "ce" and options:
+        raise ValueError(f"method {name!r} has no regulariser to take the options"
+                         f" {sorted(options)}; pass them to a method that has one, e.g. 'sar'")
+    regularizer = _REGULARIZERS[regularizer_name](num_classes, feat_dim, **options)
     if segmentation:
         return SARSegmentationModel(model, regularizer), criterion
     return SARClassifier(model, regularizer, head_name=head_name), criterion

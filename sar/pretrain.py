@@ -262,18 +262,37 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
         ``command``, ...); ``{"file", "sha256"}`` only for a file saved without a sidecar.
 
     Raises:
-        ValueError: the file exists but fails its checksum or holds another encoder
+        ValueError: the file exists but fails its checksum, holds another encoder
             (:func:`sar.encoder_weights.verify_encoder_weights`; the message says how to
-            remake it).
+            remake it) or is not a readable state dict of ``encoder_name``; ``path`` is a
+            folder.
     """
     path = Path(path)
     if path.is_file():
-        return verify_encoder_weights(path, encoder_name) or {"file": path.name,
-                                                              "sha256": sha256_of(path)}
+        record = verify_encoder_weights(path, encoder_name)
+        _check_state_dict(path, encoder_name)  # a file without a sidecar is checked here
+        return record or {"file": path.name, "sha256": sha256_of(path)}
+    if path.exists():
+        raise ValueError(f"{path} exists but is not a file: name a weights file")
+    path.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after 20 minutes
     command = (f"python -m sar.pretrain --encoder {encoder_name} --device {device} "
-               f"--out {shlex.quote(str(path))}")  # the same run, from a shell
+               f"--threads {torch.get_num_threads()} --out {shlex.quote(str(path))}")
     return pretrain_and_save(path, encoder_name, command=command, device=device,
                              progress=progress)
+
+
+def _check_state_dict(path: Path, encoder_name: str) -> None:
+    """Raise ValueError unless ``path`` holds a ``state_dict`` with ``encoder_name``'s keys."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and what to do
+        # torch's own message (chained below) suggests weights_only=False: not for a weights file
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__});"
+                         " delete it to pretrain again") from err
+    expected = make_encoder(encoder_name).state_dict().keys()
+    if not isinstance(state, dict) or state.keys() != expected:
+        raise ValueError(f"{path} does not hold a {encoder_name} encoder's state_dict; delete"
+                         " it to pretrain again, or name the encoder it was made for")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -54,6 +54,13 @@ def test_options_reach_the_regulariser():
         methods.build("sar", small_cnn(), trade_of=1.0)
 
 
+@pytest.mark.parametrize("name", ["ce", "logit_adjusted"])
+def test_options_for_a_method_without_a_regulariser_are_refused(name):
+    with pytest.raises(ValueError, match="has no regulariser to take the options"):
+        methods.build(name, SmallCNN(num_classes=4, feat_dim=8), counts=[5, 4, 3, 2],
+                      update_conf=0.5)
+
+
 def test_etf_replaces_the_head():
     model, _ = methods.build("etf", small_cnn())
     assert type(model.model.fc).__name__ == "ETFClassifier" and model.classifier is model.model.fc

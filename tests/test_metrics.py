@@ -529,5 +529,10 @@ def test_pull_shares_match_a_loop_over_points_and_the_regularizers_pull():
         assert reg._pull(feats, labels).item() == pytest.approx(expected)
     with pytest.raises(ValueError, match="at least one point"):
         pull_shares(feats[:0], labels[:0], targets)
+    ignored = pull_shares(torch.cat([feats, feats[:3]]), torch.cat([labels, torch.full((3,), 255)]),
+                          targets)  # ignored positions are left out, as the pull leaves them out
+    assert all(torch.equal(ignored[k], shares[k]) for k in shares)
+    on_target = pull_shares(targets[labels], labels, targets)  # no pull: zero shares, no NaN
+    assert on_target["per_pixel_pull"].eq(0).all() and on_target["per_class_pull"].eq(0).all()
     with pytest.raises(ValueError, match="targets have D=2"):
         pull_shares(feats, labels, targets[:, :2])

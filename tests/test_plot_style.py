@@ -272,6 +272,7 @@ def test_setup_notebook_styles_seeds_and_says_what_it_runs_on(capsys, monkeypatc
     assert device == sar.default_device()
     assert mpl.rcParams["axes.titlesize"] == 13  # the repository's style
     assert capsys.readouterr().out == (f"sar {sar.__version__} | torch {torch.__version__} | "
-                                       f"device {device} | smoke mode True\n")
+                                       f"device {device} | threads {torch.get_num_threads()} | "
+                                       "smoke mode True\n")
     setup_notebook(7, verbose=False)
     assert torch.equal(torch.rand(3), first) and capsys.readouterr().out == ""

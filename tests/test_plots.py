@@ -90,6 +90,27 @@ def test_embedding_draws_one_star_per_anchor(method):
     assert ax.get_xlabel() and ax.get_ylabel()
 
 
+def test_a_dark_class_gets_a_white_edged_star_so_it_shows_on_its_own_points():
+    anchors = torch.randn(3, 4, generator=_gen(1))
+    labels = torch.arange(3).repeat(10)
+    ax = plot_embedding(anchors[labels], labels, anchors=anchors, background_index=0)
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert [line.get_markeredgecolor() for line in stars] == ["white", "black", "black"]
+
+
+def test_log_count_ticks_are_plain_numbers_with_separators():
+    from sar.plots.style import readable_log_axis
+
+    _, ax = plt.subplots()
+    ax.plot([1, 2], [40_000, 5_000_000])
+    ax.set_yscale("log")
+    readable_log_axis(ax.yaxis)
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert "100,000" in labels and "1,000,000" in labels
+    assert not any("e+" in label for label in labels)
+
+
 def test_embedding_subsamples_deterministically():
     feats = np.random.default_rng(0).normal(size=(200, 5))
     labels = np.repeat(np.arange(4), 50)

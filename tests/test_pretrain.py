@@ -183,7 +183,8 @@ def test_ensure_encoder_pretrains_once_then_loads(fake_fashion, tmp_path, monkey
     made = pretrain.ensure_encoder(path, device="cpu", progress=False)
     assert path.is_file() and len(calls) == 1
     assert made["sha256"] == sha256_of(path)
-    assert made["command"] == f"python -m sar.pretrain --encoder resnet18 --device cpu --out {path}"
+    assert made["command"] == (f"python -m sar.pretrain --encoder resnet18 --device cpu"
+                               f" --threads {torch.get_num_threads()} --out {path}")
     assert pretrain.ensure_encoder(path) == made and len(calls) == 1  # loaded, not retrained
     with pytest.raises(ValueError, match="holds a resnet18 encoder"):
         pretrain.ensure_encoder(path, "resnet34")
@@ -191,3 +192,28 @@ def test_ensure_encoder_pretrains_once_then_loads(fake_fashion, tmp_path, monkey
     with pytest.raises(ValueError, match="does not match its sidecar"):
         pretrain.ensure_encoder(path)
     assert len(calls) == 1
+
+
+def test_ensure_encoder_refuses_a_broken_file_folder_or_sidecar(made, tmp_path):
+    path, _ = made
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable weights file.*delete it"):
+        pretrain.ensure_encoder(garbage)  # no sidecar to check it against
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="does not hold a resnet18 encoder's state_dict"):
+        pretrain.ensure_encoder(foreign)
+    with pytest.raises(ValueError, match="is not a file"):
+        pretrain.ensure_encoder(tmp_path)
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(path.read_bytes())
+    sidecar_path(copy).write_text("{ not json")
+    with pytest.raises(ValueError, match="sidecar .* is not valid JSON"):
+        pretrain.ensure_encoder(copy)
+    sidecar_path(copy).write_text(sidecar_path(path).read_text())
+    assert pretrain.ensure_encoder(copy)["sha256"] == sha256_of(path)  # a faithful copy loads
+    copy.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=f"make it again with `python -m sar.pretrain"
+                                         f" --encoder resnet18 --out {copy}`"):
+        pretrain.ensure_encoder(copy)  # the fix names the failing file, not where it was made

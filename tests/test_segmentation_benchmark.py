@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pandas as pd
@@ -162,3 +163,45 @@ def test_a_cached_scene_run_trains_once_and_reloads_the_same_model(tmp_path, mon
         assert torch.equal(first["model"](images), again["model"](images))
     with pytest.raises(AssertionError, match="trained again"):  # other options: another run
         cached_scene_run("sar", "Unet", setup, 3, "cpu", options={"update_conf": 0.5})
+
+
+def test_a_cache_dict_from_another_setup_is_refused_not_reused(tmp_path, monkeypatch):
+    from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run, train_on_scenes
+
+    monkeypatch.setenv("SAR_CACHE_DIR", str(tmp_path))
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=4, val_scenes=2)
+    other = replace(setup, train_scenes=6, scene_seed=3)
+    cache: dict = {}
+    train_on_scenes("ce", "Unet", setup, 0, "cpu", cache)
+    with pytest.raises(ValueError, match="another setup; pass a fresh dict"):
+        cached_scene_run("ce", "Unet", other, 0, "cpu", cache)
+    with pytest.raises(ValueError, match="another setup"):
+        train_on_scenes("ce", "Unet", other, 0, "cpu", cache)
+    assert not list(tmp_path.glob("*.pt"))  # nothing was saved under the other setup's key
+    assert len(cache["scenes"][0]) == 4
+    shorter = replace(setup, max_steps=1)  # another schedule on the same scenes shares them
+    assert train_on_scenes("ce", "Unet", shorter, 0, "cpu", cache)["history"]["step"].max() == 0
+
+
+def test_scene_shot_groups_list_each_group_head_first():
+    from sar.experiments import PRETRAINED_SEGMENTATION, scene_shot_groups
+
+    order, probs = D.scene_class_probs(PRETRAINED_SEGMENTATION.imbalance_factor,
+                                       seed=PRETRAINED_SEGMENTATION.scene_seed)
+    groups = scene_shot_groups(PRETRAINED_SEGMENTATION)
+    assert [c for name in ("many", "medium", "few") for c in groups[name]] == order
+    assert all(probs[a] > probs[b]
+               for ids in groups.values() for a, b in itertools.pairwise(ids))
+
+
+def test_segmentation_setup_follows_smoke_mode_unless_told(monkeypatch):
+    from sar.experiments import SMOKE_PRETRAINED_SEGMENTATION, segmentation_setup
+
+    monkeypatch.setenv("SAR_SMOKE", "1")
+    assert segmentation_setup("segmentation_pretrained") == SMOKE_PRETRAINED_SEGMENTATION
+    assert segmentation_setup("segmentation_pretrained", smoke=False) == PRETRAINED_SEGMENTATION
+    monkeypatch.setenv("SAR_SMOKE", "0")
+    monkeypatch.delenv("CI", raising=False)
+    assert segmentation_setup("segmentation_pretrained") == PRETRAINED_SEGMENTATION
+    with pytest.raises(ValueError, match="not a segmentation experiment"):
+        segmentation_setup("longtail")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..benchmark import CASES as OVERHEAD_CASES
+from ..config import smoke_mode
 
 # Long-tail rows that are not a registry method at its defaults: label -> (sar.methods name,
 # fixed options). "sar_tuned" takes its options from the tuning grid (see TUNED).
@@ -184,13 +185,19 @@ SEGMENTATION_SETUPS: dict[str, tuple[SegmentationSetup, SegmentationSetup]] = {
 }
 
 
-def segmentation_setup(experiment: str = "segmentation", smoke: bool = False
+def segmentation_setup(experiment: str = "segmentation", smoke: bool | None = None
                        ) -> SegmentationSetup:
-    """The setup of a segmentation experiment (see :data:`SEGMENTATION_SETUPS`)."""
+    """The setup of a segmentation experiment (see :data:`SEGMENTATION_SETUPS`): the full one,
+    or its smoke version when ``smoke`` is true (``None``: :func:`sar.config.smoke_mode`,
+    i.e. ``SAR_SMOKE`` or ``CI`` set).
+
+    Raises:
+        ValueError: ``experiment`` is not a segmentation experiment.
+    """
     if experiment not in SEGMENTATION_SETUPS:
         raise ValueError(f"{experiment!r} is not a segmentation experiment; choose one of"
                          f" {', '.join(SEGMENTATION_SETUPS)}")
-    return SEGMENTATION_SETUPS[experiment][int(smoke)]
+    return SEGMENTATION_SETUPS[experiment][int(smoke_mode() if smoke is None else smoke)]
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,23 @@ def scene_pixel_counts(scenes: sar_data.SceneDataset) -> list[int]:
     return scenes.class_pixel_counts.clamp(min=1).tolist()
 
 
+# the fields that decide the scenes and the encoder a cache dict holds (not the schedule)
+_SCENE_FIELDS = ("size", "imbalance_factor", "scene_seed", "item_scale", "items_per_scene",
+                 "train_scenes", "val_scenes", "encoder", "encoder_weights")
+
+
+def _scene_cache(cache: dict[str, Any] | None, setup: SegmentationSetup) -> dict[str, Any]:
+    """``cache`` (a new dict if None), marked with the scene and encoder fields of ``setup``;
+    one filled under other fields would train on the wrong scenes and save the result under
+    this setup's name."""
+    cache = {} if cache is None else cache
+    key = {name: getattr(setup, name) for name in _SCENE_FIELDS}
+    if cache.setdefault("scene_fields", key) != key:
+        raise ValueError("this cache dict holds the scenes and encoder of another setup; pass"
+                         " a fresh dict (or None) for each set of scenes")
+    return cache
+
+
 def build_scene_model(method: str, arch: str, setup: SegmentationSetup,
                       train: sar_data.SceneDataset, **options: Any
                       ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -160,8 +177,10 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
     ``setup``, from seed ``seed``; score it on the validation scenes. What a grid cell runs,
     for a notebook that wants the model too.
 
-    ``cache`` keeps the scenes and the encoder record between calls (a fresh dict if None).
-    ``options`` go to the method's regulariser (e.g. ``{"update_conf": 0.5}`` for SAR).
+    ``cache`` keeps the scenes and the encoder record between calls on the same scenes (a
+    fresh dict if None; a dict may come with ``"scenes"`` already made by :func:`load_scenes`
+    for this setup). ``options`` go to the method's regulariser (e.g.
+    ``{"update_conf": 0.5}`` for SAR).
 
     Returns:
         ``{"model", "history", "scores", "encoder"}``: the trained wrapped model (eval mode),
@@ -172,8 +191,9 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
     Raises:
         FileNotFoundError: ``setup.encoder_weights`` names a file that does not exist (before
             any scene is built).
+        ValueError: ``cache`` was filled by a call with another setup.
     """
-    cache = {} if cache is None else cache
+    cache = _scene_cache(cache, setup)
     if "scenes" not in cache:
         cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
         cache["scenes"] = load_scenes(setup)
@@ -202,9 +222,9 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
         As :func:`train_on_scenes`, the model rebuilt from the saved state on ``device``.
 
     Raises:
-        FileNotFoundError: as :func:`train_on_scenes`.
+        FileNotFoundError, ValueError: as :func:`train_on_scenes`.
     """
-    cache = {} if cache is None else cache
+    cache = _scene_cache(cache, setup)
     if "encoder" not in cache:
         cache["encoder"] = encoder_record(setup)
     device = torch.device(device)
@@ -245,9 +265,11 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
 
 def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:
     """Fashion-MNIST class ids the scenes of ``setup`` make frequent ("many", 3 classes),
-    medium (4) or rare ("few", 3). Every training seed shares one scene set, hence one grouping."""
+    medium (4) or rare ("few", 3), each group head first (in the order the scenes draw them
+    from most to least often). Every training seed shares one scene set, hence one grouping."""
     order, probs = sar_data.scene_class_probs(setup.imbalance_factor, seed=setup.scene_seed)
-    return sar_data.shot_groups(probs.tolist(), class_order=order)
+    groups = sar_data.shot_groups(probs.tolist(), class_order=order)
+    return {name: sorted(ids, key=order.index) for name, ids in groups.items()}
 
 
 def add_shot_group_iou(df: pd.DataFrame, groups: dict[str, list[int]]) -> pd.DataFrame:

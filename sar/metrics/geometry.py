@@ -332,8 +332,8 @@ def target_distances(
     return own / scale, others.min(dim=1).values / scale
 
 
-def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike
-                ) -> dict[str, torch.Tensor]:
+def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike,
+                ignore_index: int | None = 255) -> dict[str, torch.Tensor]:
     """Where a pull toward ``targets`` acts, class by class, over the points given.
 
     The squared-distance pull of SAR (``distance="mse"``) gives each point the penalty
@@ -344,17 +344,22 @@ def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike
     Ge et al. (AAAI 2024) average over pixels; the per-class shares are this repository's option.
 
     Args:
-        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)`` (e.g. the
+        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)`` or ``ignore_index`` (those points
+            are left out, as SAR's pull leaves them out); targets: ``(C, D)`` (e.g. the
             semantic anchors of :func:`model_anchors`).
 
     Returns:
         ``{"points", "per_pixel_pull", "per_class_pull"}``: three ``(C,)`` float64 tensors of
         fractions that sum to 1 (0 for classes without points): each class's share of the
-        points, of the per-point mean pull and of the per-class mean pull.
+        points, of the per-point mean pull and of the per-class mean pull. When every point
+        sits exactly on its target there is no pull to share: both pull shares are all 0.
 
     Raises:
         ValueError: shapes that disagree, labels outside ``[0, C)``, or no points.
     """
+    if ignore_index is not None:
+        keep = _tensor(labels) != ignore_index
+        features, labels = _tensor(features)[keep], _tensor(labels)[keep]
     feats, labels, target = _features_labels_targets(features, labels, targets)
     if len(labels) == 0:
         raise ValueError("pull shares need at least one point")
@@ -364,8 +369,11 @@ def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike
     summed = torch.zeros(num_classes, dtype=torch.float64, device=feats.device).index_add_(
         0, labels, penalty)
     class_means = summed / points.clamp(min=1)
-    return {"points": points / points.sum(), "per_pixel_pull": summed / summed.sum(),
-            "per_class_pull": class_means / class_means.sum()}
+    # no pull at all (every point on its target): zero shares, not 0 / 0
+    return {"points": points / points.sum(),
+            "per_pixel_pull": summed / summed.sum().clamp(min=torch.finfo(summed.dtype).tiny),
+            "per_class_pull": class_means / class_means.sum().clamp(
+                min=torch.finfo(summed.dtype).tiny)}
 
 
 def model_anchors(model: torch.nn.Module) -> torch.Tensor | None:

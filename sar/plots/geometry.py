@@ -107,6 +107,14 @@ def _embed(
     raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
 
 
+def _edge_for(colour: object) -> str:
+    """Black around a light marker, white around a dark one (a black star on black points)."""
+    from matplotlib.colors import to_rgb
+
+    red, green, blue = to_rgb(colour)
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.35 else "black"
+
+
 def plot_embedding(
     features: ArrayLike,
     labels: ArrayLike,
@@ -121,7 +129,8 @@ def plot_embedding(
     anchor_label: str = "anchor",
     background_index: int | None = None,
 ) -> Axes:
-    """2-D scatter of features coloured by class, with anchors as black-edged stars.
+    """2-D scatter of features coloured by class, with anchors as stars (edged in black, or
+    in white on a dark class colour).
 
     Args:
         features: ``(N, D)`` features.
@@ -166,7 +175,7 @@ def plot_embedding(
                 markersize=18,
                 linestyle="none",
                 color=palette[c],
-                markeredgecolor="black",
+                markeredgecolor=_edge_for(palette[c]),
                 markeredgewidth=1.2,
                 zorder=3,
             )

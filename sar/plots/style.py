@@ -221,6 +221,11 @@ def tick_labels(labels: Sequence[object], width: int = 14) -> list[str]:
             for label in labels]
 
 
+def _plain_number(value: float, _position: object = None) -> str:
+    """``0.05``, ``2``, ``100,000``, ``1,000,000``: no exponent notation on a tick."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+
 def readable_log_axis(axis: Axis) -> None:
     """Plain tick labels on a log axis (``0.2, 0.5, 1, 2``, not ``2 x 10^-1``); ticks at
     1, 2 and 5 per decade when the axis spans at most two decades, one per decade beyond."""
@@ -230,7 +235,7 @@ def readable_log_axis(axis: Axis) -> None:
     decades = np.log10(hi / lo) if lo > 0 else np.inf
     subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_major_formatter(FuncFormatter(_plain_number))
     axis.set_minor_formatter(NullFormatter())
 
 
