@@ -72,7 +72,7 @@ METHOD_LABELS: dict[str, str] = {
     "etf_dr": "ETF head + DR loss",
     "etf": "ETF head + CE",
     "sar_anchor_ce_only": "SAR, anchor CE only",
-    "sar_class_pull": "SAR, pull to class means",
+    "sar_class_pull": "SAR, class-balanced pull",
 }
 
 # other spellings the notebooks and tables use -> registry name
