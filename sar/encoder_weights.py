@@ -82,8 +82,7 @@ def read_sidecar(path: PathLike) -> dict[str, Any] | None:
         return json.loads(sidecar.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"the sidecar {sidecar} is not valid JSON ({err}); delete it and"
-                         f" {path.name if isinstance(path, Path) else path} and make them"
-                         " again") from err
+                         f" {Path(path).name} and make them again") from err
 
 
 def verify_encoder_weights(path: PathLike, encoder_name: str | None = None
@@ -128,6 +127,19 @@ def load_encoder_weights(
     path: PathLike, encoder_name: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The ``state_dict`` in ``path`` and its sidecar (``None`` without one), checked first by
-    :func:`verify_encoder_weights` (whose errors it raises)."""
+    :func:`verify_encoder_weights` (whose errors it raises).
+
+    Raises:
+        ValueError: also when the file is not a readable ``state_dict`` (truncated, or not
+            made by ``torch.save``).
+    """
     record = verify_encoder_weights(path, encoder_name)
-    return torch.load(path, map_location="cpu", weights_only=True), record
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's message (chained) suggests weights_only=False: not here
+        remake = pretrain_command(encoder_name or "resnet18", path)
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}); delete"
+                         f" it and make it again with `{remake}`") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state, record

@@ -49,9 +49,17 @@ from .regularizer import SemanticAnchorRegularizer
 
 RegularizerFactory = Callable[..., nn.Module]
 
+def _no_regularizer(num_classes: int, feat_dim: int, **options: Any) -> NoRegularizer:
+    """Plain cross-entropy's regulariser: none, so it takes no options."""
+    if options:
+        raise ValueError(f"plain cross-entropy has no regulariser to take the options"
+                         f" {sorted(options)}; pass them to a method that has one, e.g. 'sar'")
+    return NoRegularizer()
+
+
 # name -> regulariser built from (num_classes, feat_dim, **options)
 _REGULARIZERS: dict[str, RegularizerFactory] = {
-    "ce": lambda c, d: NoRegularizer(),
+    "ce": _no_regularizer,
     "sar": SemanticAnchorRegularizer,
     "prototype": PrototypeRegularizer,
     "center": CenterLoss,
@@ -140,11 +148,8 @@ def build(
         variant, make_criterion = _ETF_HEADS[name]
         head = _etf(model, head_name, num_classes, feat_dim, segmentation, variant, options)
         return head, make_criterion() if make_criterion is not None else None
-    regularizer_name = _LOGIT_ADJUSTED.get(name, name)
-    if regularizer_name == "ce" and options:
-        raise ValueError(f"method {name!r} has no regulariser to take the options"
-                         f" {sorted(options)}; pass them to a method that has one, e.g. 'sar'")
-    regularizer = _REGULARIZERS[regularizer_name](num_classes, feat_dim, **options)
+    make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
+    regularizer = make_regularizer(num_classes, feat_dim, **options)
     if segmentation:
         return SARSegmentationModel(model, regularizer), criterion
     return SARClassifier(model, regularizer, head_name=head_name), criterion

@@ -45,7 +45,7 @@ from .config import show_progress
 from .data import sources
 from .data.constants import FASHION_MNIST_CLASSES
 from .data.scenes import compose_single_items
-from .encoder_weights import save_encoder_weights, sha256_of, verify_encoder_weights
+from .encoder_weights import load_encoder_weights, save_encoder_weights, sha256_of
 from .models import build_smp_model
 
 # where the segmentation_pretrained grid looks (sar.experiments.grids.PRETRAINED_ENCODER)
@@ -269,8 +269,8 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
     """
     path = Path(path)
     if path.is_file():
-        record = verify_encoder_weights(path, encoder_name)
-        _check_state_dict(path, encoder_name)  # a file without a sidecar is checked here
+        state, record = load_encoder_weights(path, encoder_name)  # checksum, encoder, readable
+        _check_fits(state, path, encoder_name)  # a file without a sidecar is checked here too
         return record or {"file": path.name, "sha256": sha256_of(path)}
     if path.exists():
         raise ValueError(f"{path} exists but is not a file: name a weights file")
@@ -281,18 +281,13 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
                              progress=progress)
 
 
-def _check_state_dict(path: Path, encoder_name: str) -> None:
-    """Raise ValueError unless ``path`` holds a ``state_dict`` with ``encoder_name``'s keys."""
+def _check_fits(state: dict[str, torch.Tensor], path: Path, encoder_name: str) -> None:
+    """Raise ValueError unless ``state`` loads strictly into a fresh ``encoder_name`` encoder."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which and what to do
-        # torch's own message (chained below) suggests weights_only=False: not for a weights file
-        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__});"
-                         " delete it to pretrain again") from err
-    expected = make_encoder(encoder_name).state_dict().keys()
-    if not isinstance(state, dict) or state.keys() != expected:
+        make_encoder(encoder_name).load_state_dict(state, strict=True)
+    except RuntimeError as err:
         raise ValueError(f"{path} does not hold a {encoder_name} encoder's state_dict; delete"
-                         " it to pretrain again, or name the encoder it was made for")
+                         " it to pretrain again, or name the encoder it was made for") from err
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

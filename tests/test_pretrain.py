@@ -217,3 +217,10 @@ def test_ensure_encoder_refuses_a_broken_file_folder_or_sidecar(made, tmp_path):
     with pytest.raises(ValueError, match=f"make it again with `python -m sar.pretrain"
                                          f" --encoder resnet18 --out {copy}`"):
         pretrain.ensure_encoder(copy)  # the fix names the failing file, not where it was made
+
+
+def test_building_a_model_from_an_unreadable_file_says_so(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable weights file .*python -m sar.pretrain"):
+        build_smp_model("Unet", "resnet18", 11, encoder_weights=garbage)

@@ -205,3 +205,11 @@ def test_segmentation_setup_follows_smoke_mode_unless_told(monkeypatch):
     assert segmentation_setup("segmentation_pretrained") == PRETRAINED_SEGMENTATION
     with pytest.raises(ValueError, match="not a segmentation experiment"):
         segmentation_setup("longtail")
+
+
+def test_train_on_scenes_accepts_scenes_made_beforehand():
+    from sar.experiments import SMOKE_SEGMENTATION, train_on_scenes
+
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=4, val_scenes=2, max_steps=1)
+    out = train_on_scenes("ce", "Unet", setup, 0, "cpu", {"scenes": load_scenes(setup)})
+    assert out["encoder"]["encoder_weights"] == "random init"

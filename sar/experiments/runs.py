@@ -147,14 +147,19 @@ _SCENE_FIELDS = ("size", "imbalance_factor", "scene_seed", "item_scale", "items_
 
 
 def _scene_cache(cache: dict[str, Any] | None, setup: SegmentationSetup) -> dict[str, Any]:
-    """``cache`` (a new dict if None), marked with the scene and encoder fields of ``setup``;
-    one filled under other fields would train on the wrong scenes and save the result under
-    this setup's name."""
+    """``cache`` (a new dict if None) holding ``setup``'s encoder record and scenes, made when
+    missing (the encoder first, so a missing file fails before the scenes are built). It is
+    marked with the scene and encoder fields of ``setup``: one filled under other fields would
+    train on the wrong scenes and save the result under this setup's name."""
     cache = {} if cache is None else cache
     key = {name: getattr(setup, name) for name in _SCENE_FIELDS}
     if cache.setdefault("scene_fields", key) != key:
         raise ValueError("this cache dict holds the scenes and encoder of another setup; pass"
                          " a fresh dict (or None) for each set of scenes")
+    if "encoder" not in cache:
+        cache["encoder"] = encoder_record(setup)
+    if "scenes" not in cache:
+        cache["scenes"] = load_scenes(setup)
     return cache
 
 
@@ -194,9 +199,6 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
         ValueError: ``cache`` was filled by a call with another setup.
     """
     cache = _scene_cache(cache, setup)
-    if "scenes" not in cache:
-        cache["encoder"] = encoder_record(setup)  # a missing file fails before the scenes
-        cache["scenes"] = load_scenes(setup)
     train, val = cache["scenes"]
     generator = seed_everything(seed)
     model, criterion = build_scene_model(method, arch, setup, train, **(options or {}))
@@ -224,9 +226,7 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
     Raises:
         FileNotFoundError, ValueError: as :func:`train_on_scenes`.
     """
-    cache = _scene_cache(cache, setup)
-    if "encoder" not in cache:
-        cache["encoder"] = encoder_record(setup)
+    cache = _scene_cache(cache, setup)  # the scenes rebuild the model below, loaded or not
     device = torch.device(device)
     config = {"method": method, "arch": arch, "setup": setup, "seed": seed,
               "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
@@ -238,8 +238,6 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
         return {**out, "model": out["model"].cpu().state_dict()}
 
     stored = cached(f"{name}_{method}_{arch}_seed{seed}", config, train)
-    if "scenes" not in cache:
-        cache["scenes"] = load_scenes(setup)
     model, _ = build_scene_model(method, arch, setup, cache["scenes"][0], **(options or {}))
     model.load_state_dict(stored["model"])
     return {**stored, "model": model.to(device).eval()}
