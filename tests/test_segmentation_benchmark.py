@@ -12,6 +12,7 @@ import torch
 from sar import data as D
 from sar import methods
 from sar.encoder_weights import save_encoder_weights, sha256_of
+from sar.models import build_smp_model
 from sar.experiments import (
     LOGIT_ADJUSTED_SEGMENTATION_METHODS,
     PRETRAINED_ENCODER,
@@ -57,9 +58,13 @@ def test_the_pretrained_grid_runs_four_methods_everywhere_and_logit_adjustment_o
                 for arch in PRETRAINED_SEGMENTATION.archs}
     assert per_arch["Unet"] == per_arch["FPN"] == list(PRETRAINED_SEGMENTATION_METHODS)
     assert per_arch["DeepLabV3Plus"] == [*PRETRAINED_SEGMENTATION_METHODS,
-                                         *LOGIT_ADJUSTED_SEGMENTATION_METHODS]
-    assert len(runs) == 3 * (3 * 4 + 2) and {r.experiment for r in runs} == {
+                                         *LOGIT_ADJUSTED_SEGMENTATION_METHODS,
+                                         "logit_adjusted_tau0.25", "logit_adjusted_tau0.5"]
+    assert len(runs) == 3 * (3 * 4 + 4) and {r.experiment for r in runs} == {
         "segmentation_pretrained"}
+    # the committed rows keep their keys: the tau rows were added, nothing was renamed
+    committed = pd.read_csv(RESULTS_DIR / "segmentation_pretrained.csv")
+    assert set(keys_by_row(committed)) <= {run.key for run in runs}
     assert "sar_class_pull" in per_arch["Unet"]
     assert PRETRAINED_SEGMENTATION.imbalance_factor >= 20  # the tail stays a tail
     assert PRETRAINED_SEGMENTATION.encoder_weights == PRETRAINED_ENCODER
@@ -98,7 +103,8 @@ def test_pretrained_smoke_grid_starts_every_method_from_the_file(tmp_path, monke
           "--device", "cpu", "--encoder-weights", str(weights)])
     df = pd.read_csv(out / "segmentation_pretrained.csv")
     assert list(df["method"]) == [*PRETRAINED_SEGMENTATION_METHODS,
-                                  *LOGIT_ADJUSTED_SEGMENTATION_METHODS]
+                                  *LOGIT_ADJUSTED_SEGMENTATION_METHODS,
+                                  "logit_adjusted_tau0.25", "logit_adjusted_tau0.5"]
     assert df["mIoU"].between(0, 1).all() and "iou_class_10" in df
     assert (df["encoder_sha256"] == sha256_of(weights)).all()
     assert (df["encoder_weights"] == "r18.pt").all() and (df["steps"] == 2).all()
@@ -213,3 +219,24 @@ def test_train_on_scenes_accepts_scenes_made_beforehand():
     setup = replace(SMOKE_SEGMENTATION, train_scenes=4, val_scenes=2, max_steps=1)
     out = train_on_scenes("ce", "Unet", setup, 0, "cpu", {"scenes": load_scenes(setup)})
     assert out["encoder"]["encoder_weights"] == "random init"
+
+
+def test_a_tau_row_trains_logit_adjusted_ce_at_its_own_tau(monkeypatch):
+    """The tau rows build the registry's logit-adjusted CE with their tau, nothing else."""
+    runs = {r.method: r for r in grid_runs("segmentation_pretrained", [0], smoke=True)}
+    seen = []
+
+    def record(method, arch, setup, seed, device, cache, **kwargs):
+        seen.append((method, kwargs.get("options")))
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(runs_module, "train_on_scenes", record)
+    for label, expected in [("logit_adjusted_tau0.25", {"tau": 0.25}), ("logit_adjusted", {}),
+                            ("sar_class_pull", {})]:
+        with pytest.raises(RuntimeError, match="stop before training"):
+            runs_module.run_segmentation(runs[label], PRETRAINED_SEGMENTATION, "cpu", {})
+        assert seen[-1] == (runs[label].options["method"], expected)
+    net = build_smp_model("Unet", "resnet18", 3, 3)
+    _, criterion = methods.build("logit_adjusted", net, counts=[70, 20, 10],
+                                 **runs["logit_adjusted_tau0.25"].options["method_options"])
+    assert criterion.tau == 0.25

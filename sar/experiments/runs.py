@@ -245,14 +245,16 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
 
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                      cache: dict[str, Any]) -> dict[str, Any]:
-    """One grid cell: :func:`train_on_scenes` for ``run.method`` on ``run.options["arch"]``.
+    """One grid cell: :func:`train_on_scenes` for ``run.options["method"]`` (default
+    ``run.method``) with its ``"method_options"`` (if any) on ``run.options["arch"]``.
 
     Returns:
         A row: ``mIoU``, ``pixel_accuracy`` and ``iou_class_k`` (fractions; mask id k, 0 =
         background, k = Fashion-MNIST class k - 1), ``gate_opened_step``, the encoder columns
         of :func:`encoder_record` and ``steps``.
     """
-    out = train_on_scenes(run.method, run.options["arch"], setup, run.seed, device, cache)
+    out = train_on_scenes(run.options.get("method", run.method), run.options["arch"], setup,
+                          run.seed, device, cache, options=run.options.get("method_options"))
     scores = out["scores"]
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}

@@ -58,6 +58,8 @@ METHOD_COLORS: dict[str, Colour] = {
     "etf": _TAB20[5],  # light green
     "sar_anchor_ce_only": _TAB20[12],  # pink
     "sar_class_pull": _TAB20[10],  # brown
+    "logit_adjusted_tau0.5": _TAB20[1],  # light blue
+    "logit_adjusted_tau0.25": _TAB20[19],  # light cyan
 }
 
 # how a method is written in legends and tick labels
@@ -73,6 +75,8 @@ METHOD_LABELS: dict[str, str] = {
     "etf": "ETF head + CE",
     "sar_anchor_ce_only": "SAR, anchor CE only",
     "sar_class_pull": "SAR, class-balanced pull",
+    "logit_adjusted_tau0.5": "logit-adjusted CE, τ 0.5",
+    "logit_adjusted_tau0.25": "logit-adjusted CE, τ 0.25",
 }
 
 # other spellings the notebooks and tables use -> registry name
@@ -90,7 +94,7 @@ METHOD_ALIASES: dict[str, str] = {
 }
 
 # colours for levels that are not methods, when they share a figure with methods
-_RESERVE: list[Colour] = [_TAB20[i] for i in (18, 1, 3, 9, 11, 13, 17, 19, 15)]
+_RESERVE: list[Colour] = [_TAB20[i] for i in (18, 3, 9, 11, 13, 17, 15)]
 
 # raw result columns -> axis and tick labels
 COLUMN_LABELS: dict[str, str] = {
