@@ -304,11 +304,12 @@ def test_fashion_subset_reproduces_the_notebooks_subsets(no_fashion: Path) -> No
     assert torch.equal(subset.train.labels, train_set.labels)
     assert torch.equal(subset.test.images, test_set.images)
     assert subset.class_names == names and "seed 3" in subset.description
+    assert "the first 8 test images; each image float32 (1, 28, 28)" in subset.description
     # notebook 02: seed 0 for training, seed 1 for the test draw
     test_pick = torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(1))[:8]
     train, test, _, description = D.fashion_subset(16, 8, seed=0, test_seed=1)
     assert torch.equal(test.labels, test_labels[test_pick])
-    assert torch.equal(test.mean, train.mean) and "drawn with seed 1" in description
+    assert torch.equal(test.mean, train.mean) and "8 test images drawn with seed 1;" in description
     train_loader, test_loader = subset.loaders(batch_size=4, test_batch_size=5, seed=0)
     assert [len(y) for _, y in test_loader] == [5, 3]
     first = next(iter(train_loader))[1]

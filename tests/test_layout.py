@@ -76,3 +76,28 @@ def test_subpackages_load_on_first_use():
         import sar
 
         sar.trian  # noqa: B018
+
+
+NOTEBOOKS = sorted((PACKAGE.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _code_cells(path: Path) -> list[str]:
+    import json
+
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+            if c["cell_type"] == "code"]
+
+
+def test_every_notebook_starts_with_the_same_install_cell_then_the_setup_cell():
+    assert len(NOTEBOOKS) == 5
+    firsts = {path.name: _code_cells(path)[:2] for path in NOTEBOOKS}
+    install = {cells[0] for cells in firsts.values()}
+    assert len(install) == 1, "the install cell differs between notebooks"
+    (cell,) = install
+    # installs the checkout one folder up only when `sar` is missing, and makes it importable
+    # by absolute path in the running kernel (a relative one breaks after a %cd)
+    assert 'if importlib.util.find_spec("sar") is None:' in cell
+    assert "%pip install --quiet --editable .." in cell
+    assert 'sys.path.insert(0, os.path.abspath(".."))' in cell
+    for name, (_, setup) in firsts.items():
+        assert "setup_notebook(SEED)" in setup, f"{name}: the setup cell is not second"

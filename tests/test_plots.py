@@ -246,6 +246,26 @@ def test_sweep_error_bars_equal_std_over_seeds():
     assert ax.get_xscale() == "log"
 
 
+def test_sweep_panels_draw_each_metric_with_one_shared_legend():
+    from sar.plots import plot_sweep_panels
+
+    df = pd.DataFrame({"method": ["ce", "ce", "sar", "sar"], "factor": [1, 10, 1, 10],
+                       "acc": [0.9, 0.7, 0.9, 0.8], "few": [0.8, 0.3, 0.8, 0.5]})
+    fig = plot_sweep_panels(df, "factor", {"acc": ("Overall", "accuracy (fraction)"),
+                                           "few": ("Few-shot", "few-shot accuracy (fraction)")},
+                            hue="method", logx=True, xlabel="imbalance factor")
+    left, right = fig.axes
+    assert [left.get_title(), right.get_title()] == ["Overall", "Few-shot"]
+    assert right.get_ylabel() == "few-shot accuracy (fraction)"
+    assert left.get_xlabel() == right.get_xlabel() == "imbalance factor"
+    np.testing.assert_allclose(right.lines[-1].get_ydata(), [0.8, 0.5])  # SAR's few-shot line
+    assert left.get_legend() is None and right.get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["CE", "SAR"]
+    with pytest.raises(ValueError, match="panels is empty"):
+        plot_sweep_panels(df, "factor", {}, hue="method")
+    plt.close(fig)
+
+
 def test_plot_bars_heights_and_error_bars_are_mean_and_std_over_seeds():
     from sar.plots import plot_bars
 

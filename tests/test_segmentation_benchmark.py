@@ -12,7 +12,6 @@ import torch
 from sar import data as D
 from sar import methods
 from sar.encoder_weights import save_encoder_weights, sha256_of
-from sar.models import build_smp_model
 from sar.experiments import (
     LOGIT_ADJUSTED_SEGMENTATION_METHODS,
     PRETRAINED_ENCODER,
@@ -28,6 +27,7 @@ from sar.experiments import (
     scene_pixel_counts,
 )
 from sar.experiments import runs as runs_module
+from sar.models import build_smp_model
 from sar.pretrain import DEFAULT_OUT, make_encoder
 
 

@@ -80,14 +80,15 @@ def fashion_subset(
         if test_size is not None and not 0 < test_size <= len(test_labels):
             raise ValueError(f"test_size must be in 1..{len(test_labels)}, got {test_size}")
         test_pick: Tensor | slice = slice(None, test_size)
-        drawn = f"the first {len(test_labels[test_pick])}"
+        drawn = f"the first {len(test_labels[test_pick])} test images"
     else:
         test_pick = _draw(len(test_labels), test_size, test_seed, "test")
-        drawn = f"{len(test_pick)} drawn with seed {test_seed}"
+        drawn = f"{len(test_pick)} test images drawn with seed {test_seed}"
     test = ClassificationDataset(test_images[test_pick], test_labels[test_pick],
                                  mean=train.mean, std=train.std)
     description = (f"{source}; training subset: {len(train)} images drawn with seed {seed}; "
-                   f"test subset: {drawn} test images")
+                   f"test subset: {drawn}; each image float32 {tuple(train[0][0].shape)},"
+                   " normalised with the training subset's mean and std")
     return FashionSubset(train, test, names, description)
 
 

@@ -10,7 +10,7 @@ through :func:`class_palette` (a "background" class is black everywhere).
 
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding, plot_target_distances
-from .results import plot_bars, plot_per_class, plot_sweep, sweep_summary
+from .results import plot_bars, plot_per_class, plot_sweep, plot_sweep_panels, sweep_summary
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
     BACKGROUND_RGB,
@@ -66,6 +66,7 @@ __all__ = [
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",
     "plot_sweep",
+    "plot_sweep_panels",
     "plot_training_curves",
     "plot_value_histograms",
     "pretty_label",

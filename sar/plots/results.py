@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from .style import (
@@ -15,6 +17,7 @@ from .style import (
     _axes,
     _names,
     _numpy,
+    figure_legend,
     level_colors,
     method_label,
     pretty_label,
@@ -164,6 +167,38 @@ def plot_sweep(
     ax.set(title=title or f"{pretty_label(y)} vs {pretty_label(x)}",
            xlabel=xlabel or pretty_label(x), ylabel=ylabel or pretty_label(y))
     return ax
+
+
+def plot_sweep_panels(
+    df: pd.DataFrame,
+    x: str,
+    panels: Mapping[str, tuple[str, str]],
+    hue: str,
+    logx: bool = False,
+    xlabel: str | None = None,
+    panel_size: tuple[float, float] = (6.0, 4.5),
+) -> Figure:
+    """:func:`plot_sweep` of several metrics side by side, sharing one legend beside them.
+
+    Args:
+        df, x, hue, logx, xlabel: as :func:`plot_sweep` (one ``xlabel`` for every panel).
+        panels: metric column -> ``(title, ylabel)``, one panel each, left to right.
+        panel_size: width and height of one panel, inches.
+
+    Raises:
+        ValueError: ``panels`` is empty.
+    """
+    if not panels:
+        raise ValueError("panels is empty: name at least one metric column")
+    width, height = panel_size
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height),
+                             squeeze=False)
+    for i, (ax, (metric, (title, ylabel))) in enumerate(zip(axes[0], panels.items(), strict=True)):
+        plot_sweep(df, x, metric, hue, ax=ax, logx=logx, title=title, xlabel=xlabel,
+                   ylabel=ylabel, legend="best" if i == 0 else None)
+    fig.tight_layout()
+    figure_legend(fig, axes[0, 0])  # beside the panels, not over their lines
+    return fig
 
 
 def _ticks_at_values(ax: Axes, values: pd.Series, most: int = 12) -> None:
