@@ -189,6 +189,15 @@ def test_settings_restrict_the_grid_and_unknown_ones_are_named(tmp_path):
         main(["longtail", "--smoke", "--settings", "if=3", "--out", str(tmp_path)])
 
 
+def test_methods_restrict_the_grid_and_unknown_ones_are_named(tmp_path):
+    main(["longtail", "--smoke", "--seeds", "0", "--settings", "if=10", "--methods", "sar", "ce",
+          "--out", str(tmp_path), "--device", "cpu"])
+    rows = pd.read_csv(tmp_path / "longtail.csv")
+    assert list(rows["method"]) == ["ce", "sar"] and set(rows["setting"]) == {"if=10"}
+    with pytest.raises(ValueError, match="no method \\['sar_typo'\\]; its methods are"):
+        main(["longtail", "--smoke", "--methods", "sar_typo", "--out", str(tmp_path)])
+
+
 def test_merge_adds_only_missing_rows_of_the_same_experiment(tmp_path, capsys):
     here, there = tmp_path / "here", tmp_path / "there"
     row = {"experiment": "segmentation", "method": "ce", "setting": "Unet", "mIoU": 0.2}

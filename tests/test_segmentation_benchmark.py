@@ -59,8 +59,9 @@ def test_the_pretrained_grid_runs_four_methods_everywhere_and_logit_adjustment_o
     assert per_arch["Unet"] == per_arch["FPN"] == list(PRETRAINED_SEGMENTATION_METHODS)
     assert per_arch["DeepLabV3Plus"] == [*PRETRAINED_SEGMENTATION_METHODS,
                                          *LOGIT_ADJUSTED_SEGMENTATION_METHODS,
-                                         "logit_adjusted_tau0.25", "logit_adjusted_tau0.5"]
-    assert len(runs) == 3 * (3 * 4 + 4) and {r.experiment for r in runs} == {
+                                         "logit_adjusted_tau0.25", "logit_adjusted_tau0.5",
+                                         "sar_logit_adjusted_tau0.5"]
+    assert len(runs) == 3 * (3 * 4 + 5) and {r.experiment for r in runs} == {
         "segmentation_pretrained"}
     # the committed rows keep their keys: the tau rows were added, nothing was renamed
     committed = pd.read_csv(RESULTS_DIR / "segmentation_pretrained.csv")
@@ -104,7 +105,8 @@ def test_pretrained_smoke_grid_starts_every_method_from_the_file(tmp_path, monke
     df = pd.read_csv(out / "segmentation_pretrained.csv")
     assert list(df["method"]) == [*PRETRAINED_SEGMENTATION_METHODS,
                                   *LOGIT_ADJUSTED_SEGMENTATION_METHODS,
-                                  "logit_adjusted_tau0.25", "logit_adjusted_tau0.5"]
+                                  "logit_adjusted_tau0.25", "logit_adjusted_tau0.5",
+                                  "sar_logit_adjusted_tau0.5"]
     assert df["mIoU"].between(0, 1).all() and "iou_class_10" in df
     assert (df["encoder_sha256"] == sha256_of(weights)).all()
     assert (df["encoder_weights"] == "r18.pt").all() and (df["steps"] == 2).all()
@@ -232,7 +234,7 @@ def test_a_tau_row_trains_logit_adjusted_ce_at_its_own_tau(monkeypatch):
 
     monkeypatch.setattr(runs_module, "train_on_scenes", record)
     for label, expected in [("logit_adjusted_tau0.25", {"tau": 0.25}), ("logit_adjusted", {}),
-                            ("sar_class_pull", {})]:
+                            ("sar_logit_adjusted_tau0.5", {"tau": 0.5}), ("sar_class_pull", {})]:
         with pytest.raises(RuntimeError, match="stop before training"):
             runs_module.run_segmentation(runs[label], PRETRAINED_SEGMENTATION, "cpu", {})
         assert seen[-1] == (runs[label].options["method"], expected)

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--settings", nargs="+", default=None,
                         help="run only these settings of the grid, e.g. --settings Unet")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="run only these methods of the grid (the CSV's method column),"
+                             " e.g. to split a grid between two processes")
     parser.add_argument("--encoder-weights", default=None,
                         help="segmentation grids: start from this encoder file (made by"
                              " python -m sar.pretrain) instead of the setup's")
@@ -62,5 +65,5 @@ def main(argv: list[str] | None = None) -> None:
         return
     device = torch.device(args.device) if args.device else default_device()
     csv = run_grid(args.action, args.seeds, args.smoke, out, device, args.settings,
-                   args.encoder_weights)
+                   args.encoder_weights, args.methods)
     print(f"wrote {csv}")

@@ -58,21 +58,22 @@ def grid_status(seeds: list[int], out_dir: Path) -> str:
 
 def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
              device: torch.device, settings: list[str] | None = None,
-             encoder_weights: str | None = None) -> Path:
+             encoder_weights: str | None = None, methods: list[str] | None = None) -> Path:
     """Run every unfinished cell of ``experiment``'s grid, appending rows to its CSV.
 
     ``settings`` restricts the grid to those settings (a factor such as ``if=1``, an ablation
     name, a segmentation architecture), e.g. to finish one architecture before the next.
-    ``encoder_weights`` replaces a segmentation setup's encoder weights file (a path).
+    ``methods`` restricts it to those method labels (the ``method`` column), e.g. to split
+    one grid between two processes. ``encoder_weights`` replaces a segmentation setup's
+    encoder weights file (a path).
+
+    Raises:
+        ValueError: a setting or method the grid does not have (the message lists its own).
     """
     csv = out_dir / f"{experiment}.csv"
     runs = grid_runs(experiment, seeds, smoke)
-    if settings is not None:
-        unknown = set(settings) - {run.setting for run in runs}
-        if unknown:
-            raise ValueError(f"{experiment} has no setting {sorted(unknown)}; its settings are "
-                             f"{sorted({run.setting for run in runs})}")
-        runs = [run for run in runs if run.setting in settings]
+    runs = _only(runs, "setting", settings, experiment)
+    runs = _only(runs, "method", methods, experiment)
     if experiment == "longtail":
         runs = with_tuned_options(runs, out_dir, smoke)
     cls_setup, _ = setups(smoke)
@@ -105,6 +106,17 @@ def run_grid(experiment: str, seeds: list[int], smoke: bool, out_dir: Path,
             "torch": torch.__version__,  # the same code can round differently on another torch
         })
     return csv
+
+
+def _only(runs: list[Run], field: str, wanted: list[str] | None, experiment: str) -> list[Run]:
+    """The runs whose ``field`` is one of ``wanted`` (all of them when ``wanted`` is None)."""
+    if wanted is None:
+        return runs
+    known = {getattr(run, field) for run in runs}
+    if unknown := set(wanted) - known:
+        raise ValueError(f"{experiment} has no {field} {sorted(unknown)}; its {field}s are"
+                         f" {sorted(known)}")
+    return [run for run in runs if getattr(run, field) in wanted]
 
 
 def with_tuned_options(runs: list[Run], out_dir: Path, smoke: bool) -> list[Run]:
