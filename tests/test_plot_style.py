@@ -44,13 +44,16 @@ def bar_colours(ax) -> dict[str, tuple]:
 
 def test_every_method_has_its_own_fixed_colour_and_label() -> None:
     methods = ["ce", "sar", "sar_tuned", "logit_adjusted", "sar_logit_adjusted", "prototype",
-               "center", "etf", "etf_dr", "sar_anchor_ce_only", "sar_class_pull"]
+               "center", "etf", "etf_dr", "sar_anchor_ce_only", "sar_class_pull",
+               "logit_adjusted_tau0.25", "logit_adjusted_tau0.5", "sar_logit_adjusted_tau0.5"]
     assert set(plots.METHOD_COLORS) == set(methods) == set(plots.METHOD_LABELS)
     assert len({plots.METHOD_COLORS[m] for m in methods}) == len(methods)
     for spelling, name in [("CE", "ce"), ("SAR", "sar"), ("prototypes", "prototype"),
                            ("CE run", "ce"), ("SAR prediction", "sar"),
                            ("SAR + logit-adjusted CE", "sar_logit_adjusted"),
-                           ("SAR (both)", "sar"), ("etf-dr", "etf_dr")]:
+                           ("SAR (both)", "sar"), ("etf-dr", "etf_dr"),
+                           ("logit-adjusted CE, τ 0.5", "logit_adjusted_tau0.5"),
+                           ("SAR + logit-adjusted CE, τ 0.5", "sar_logit_adjusted_tau0.5")]:
         assert plots.method_color(spelling) == plots.METHOD_COLORS[name], spelling
     assert plots.canonical_method("task_loss") is None
     with pytest.raises(KeyError, match="not a known method"):

@@ -60,6 +60,7 @@ METHOD_COLORS: dict[str, Colour] = {
     "sar_class_pull": _TAB20[10],  # brown
     "logit_adjusted_tau0.5": _TAB20[1],  # light blue
     "logit_adjusted_tau0.25": _TAB20[19],  # light cyan
+    "sar_logit_adjusted_tau0.5": _TAB20[9],  # light purple
 }
 
 # how a method is written in legends and tick labels
@@ -77,6 +78,7 @@ METHOD_LABELS: dict[str, str] = {
     "sar_class_pull": "SAR, class-balanced pull",
     "logit_adjusted_tau0.5": "logit-adjusted CE, τ 0.5",
     "logit_adjusted_tau0.25": "logit-adjusted CE, τ 0.25",
+    "sar_logit_adjusted_tau0.5": "SAR + logit-adjusted CE, τ 0.5",
 }
 
 # other spellings the notebooks and tables use -> registry name
@@ -94,7 +96,7 @@ METHOD_ALIASES: dict[str, str] = {
 }
 
 # colours for levels that are not methods, when they share a figure with methods
-_RESERVE: list[Colour] = [_TAB20[i] for i in (18, 3, 9, 11, 13, 17, 15)]
+_RESERVE: list[Colour] = [_TAB20[i] for i in (18, 3, 11, 13, 17, 15)]
 
 # raw result columns -> axis and tick labels
 COLUMN_LABELS: dict[str, str] = {
