@@ -94,10 +94,9 @@ def test_every_notebook_starts_with_the_same_install_cell_then_the_setup_cell():
     install = {cells[0] for cells in firsts.values()}
     assert len(install) == 1, "the install cell differs between notebooks"
     (cell,) = install
-    # installs the checkout one folder up only when `sar` is missing, and makes it importable
-    # by absolute path in the running kernel (a relative one breaks after a %cd)
-    assert 'if importlib.util.find_spec("sar") is None:' in cell
-    assert "%pip install --quiet --editable .." in cell
-    assert 'sys.path.insert(0, os.path.abspath(".."))' in cell
+    # one line: the logic lives in scripts/ensure_sar.py (tests/test_ensure_sar.py), which must
+    # run before `sar` can be imported
+    assert cell.startswith("%run ../scripts/ensure_sar.py") and "\n" not in cell
+    assert (PACKAGE.parent / "scripts" / "ensure_sar.py").is_file()
     for name, (_, setup) in firsts.items():
         assert "setup_notebook(SEED)" in setup, f"{name}: the setup cell is not second"
