@@ -1,6 +1,8 @@
-"""Make ``sar`` importable in a notebook's kernel; every notebook runs it first:
+"""Make ``sar`` importable in a notebook's kernel. Every notebook's first cell runs it where
+``sar`` is missing (so a notebook copied out of the checkout never needs this file):
 
-    %run ../scripts/ensure_sar.py
+    if importlib.util.find_spec("sar") is None:
+        %run ../scripts/ensure_sar.py
 
 Where the kernel's Python already imports ``sar`` it does nothing and prints nothing. Otherwise
 (a fresh environment, a Jupyter started outside ``make lab``) it installs this checkout,
