@@ -169,6 +169,11 @@ def test_a_cached_scene_run_trains_once_and_reloads_the_same_model(tmp_path, mon
     images = load_scenes(setup)[1].images[:2]
     with torch.no_grad():
         assert torch.equal(first["model"](images), again["model"](images))
+    # a grid that holds more rows is the same run; another schedule is another run
+    grown = replace(setup, one_arch="Unet", one_arch_methods=("logit_adjusted_tau0.5",))
+    cached_scene_run("sar", "Unet", grown, 3, "cpu", progress=False)
+    with pytest.raises(AssertionError, match="trained again"):
+        cached_scene_run("sar", "Unet", replace(setup, lr=0.5), 3, "cpu")
     with pytest.raises(AssertionError, match="trained again"):  # other options: another run
         cached_scene_run("sar", "Unet", setup, 3, "cpu", options={"update_conf": 0.5})
 

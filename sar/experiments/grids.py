@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..benchmark import CASES as OVERHEAD_CASES
 from ..config import smoke_mode
 
-# Long-tail rows that are not a registry method at its defaults: label -> (sar.methods name,
-# fixed options). "sar_tuned" takes its options from the tuning grid (see TUNED).
-LONGTAIL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+# Grid rows that are not a registry method at its defaults, in every grid: label ->
+# (sar.methods name, options of sar.methods.build). "sar_tuned" takes its options from the
+# tuning grid (see TUNED). The tau rows are logit adjustment on the segmentation scenes:
+# Menon et al.'s tau = 1 was validated on classification only, and where background is 73% of
+# the pixels it shifts every item class by up to log(146) ~ 5 logits; SAR runs on top of tau
+# 0.5, the better one on seeds 0 and 1 (scored on the validation scenes the grid reports: a
+# choice that can only flatter the baseline).
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sar_tuned": ("sar", {}),
-    "sar_logit_adjusted": ("sar_logit_adjusted", {}),
     "sar_anchor_ce_only": ("sar", {"trade_off": 0.0}),
+    "logit_adjusted_tau0.25": ("logit_adjusted", {"tau": 0.25}),
+    "logit_adjusted_tau0.5": ("logit_adjusted", {"tau": 0.5}),
+    "sar_logit_adjusted_tau0.5": ("sar_logit_adjusted", {"tau": 0.5}),
 }
 # run order within a seed: the comparisons that matter most first
 LONGTAIL_METHODS = ("ce", "sar", "sar_tuned", "logit_adjusted", "sar_logit_adjusted", "prototype",
@@ -29,19 +36,9 @@ SEGMENTATION_METHODS = ("ce", "sar", "prototype")
 # the logit-adjusted pair (which rebalances the classifier, not the features) on one
 PRETRAINED_SEGMENTATION_METHODS = ("ce", "sar", "prototype", "sar_class_pull")
 LOGIT_ADJUSTED_SEGMENTATION_METHODS = ("logit_adjusted", "sar_logit_adjusted")
-# Menon et al.'s tau = 1 was validated on classification only; on scenes where background is
-# 73% of the pixels it shifts every item class by up to log(146) ~ 5 logits. Two weaker
-# strengths on the one architecture, beside tau = 1 and plain CE (tau = 0), show the baseline
-# at its best; SAR runs on top of tau 0.5, the better one on seeds 0 and 1 (scored on the
-# validation scenes the grid reports: a choice that can only flatter the baseline). They are
-# rows of the pretrained grid, not fields of its setup, so the setup (and every cache keyed on
-# it) stays as it was. label -> (sar.methods name, build options)
-SEGMENTATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "logit_adjusted_tau0.25": ("logit_adjusted", {"tau": 0.25}),
-    "logit_adjusted_tau0.5": ("logit_adjusted", {"tau": 0.5}),
-    "sar_logit_adjusted_tau0.5": ("sar_logit_adjusted", {"tau": 0.5}),
-}
-EXTRA_ONE_ARCH_METHODS = {"segmentation_pretrained": tuple(SEGMENTATION_VARIANTS)}
+# logit adjustment at weaker strengths than tau = 1, alone and under SAR (see METHOD_VARIANTS)
+TAU_SEGMENTATION_METHODS = ("logit_adjusted_tau0.25", "logit_adjusted_tau0.5",
+                            "sar_logit_adjusted_tau0.5")
 # made by `python -m sar.pretrain` (about 20 minutes on an idle 2-core CPU), repository-relative
 PRETRAINED_ENCODER = "data/encoders/resnet18_fashion.pt"
 
@@ -121,9 +118,11 @@ class SegmentationSetup:
     file made by ``python -m sar.pretrain``, relative to the repository unless absolute),
     ``item_scale`` and ``items_per_scene`` (see :func:`sar.data.make_fashion_scenes`),
     ``max_steps`` (stop after this many optimizer steps; ``None``: ``epochs`` full passes),
-    ``methods`` (run on every architecture, :mod:`sar.methods` names; the pull reduction is
-    chosen through them: ``sar`` pulls per pixel as the paper, ``sar_class_pull`` per class)
-    and ``one_arch_methods``, run on ``one_arch`` only.
+    ``methods`` (run on every architecture, :mod:`sar.methods` names or
+    :data:`METHOD_VARIANTS` labels; the pull reduction is chosen through them: ``sar`` pulls
+    per pixel as the paper, ``sar_class_pull`` per class) and ``one_arch_methods``, run on
+    ``one_arch`` only. Those four fields say which runs the grid holds, not how one run
+    trains, so :meth:`run_fields` leaves them out.
     """
 
     epochs: int = 6
@@ -149,6 +148,13 @@ class SegmentationSetup:
             raise ValueError(f"one_arch {self.one_arch!r} is not among archs {self.archs}")
         if not 1.0 <= self.imbalance_factor:
             raise ValueError(f"imbalance_factor must be >= 1, got {self.imbalance_factor}")
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields one run depends on (scenes, encoder, schedule): every field but the
+        grid's membership (``archs``, ``methods``, ``one_arch_methods``, ``one_arch``), so a
+        row added to the grid leaves the runs already made, and their caches, as they were."""
+        membership = {"archs", "methods", "one_arch_methods", "one_arch"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in membership}
 
     @property
     def steps(self) -> int:
@@ -181,7 +187,8 @@ PRETRAINED_SEGMENTATION = SegmentationSetup(
     epochs=12, batch_size=8, lr=0.04, train_scenes=1600, val_scenes=400,
     encoder_weights=PRETRAINED_ENCODER, item_scale=(0.9, 1.5), items_per_scene=(2, 4),
     methods=PRETRAINED_SEGMENTATION_METHODS,
-    one_arch_methods=LOGIT_ADJUSTED_SEGMENTATION_METHODS, one_arch="DeepLabV3Plus")
+    one_arch_methods=(*LOGIT_ADJUSTED_SEGMENTATION_METHODS, *TAU_SEGMENTATION_METHODS),
+    one_arch="DeepLabV3Plus")
 
 
 # the smoke grid runs every method on one architecture; a random encoder unless the command
@@ -235,7 +242,7 @@ def longtail_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]
     for factor in sorted(setup.imbalance_factors, reverse=True):
         for seed in seeds:
             for method in LONGTAIL_METHODS:
-                name, options = LONGTAIL_VARIANTS.get(method, (method, {}))
+                name, options = METHOD_VARIANTS.get(method, (method, {}))
                 yield Run("longtail", method, f"if={factor:g}", seed,
                           {"imbalance_factor": factor, "method": name, "method_options": options})
 
@@ -263,16 +270,14 @@ def tuning_grid(setup: ClassificationSetup, seeds: list[int]) -> Iterator[Run]:
 
 def segmentation_grid(setup: SegmentationSetup, seeds: list[int],
                       experiment: str = "segmentation") -> Iterator[Run]:
-    """Every architecture x ``setup.methods`` (then ``setup.one_arch_methods`` and the
-    experiment's :data:`EXTRA_ONE_ARCH_METHODS` on ``setup.one_arch``), seed by seed; the
-    setting of a row is its architecture, its method the label (a :mod:`sar.methods` name or
-    a :data:`SEGMENTATION_VARIANTS` label)."""
+    """Every architecture x ``setup.methods`` (then ``setup.one_arch_methods`` on
+    ``setup.one_arch``), seed by seed; the setting of a row is its architecture, its method
+    the label (a :mod:`sar.methods` name or a :data:`METHOD_VARIANTS` label)."""
     for seed in seeds:
         for arch in setup.archs:
-            extra = ((*setup.one_arch_methods, *EXTRA_ONE_ARCH_METHODS.get(experiment, ()))
-                     if arch == setup.one_arch else ())
+            extra = setup.one_arch_methods if arch == setup.one_arch else ()
             for method in (*setup.methods, *extra):
-                name, options = SEGMENTATION_VARIANTS.get(method, (method, {}))
+                name, options = METHOD_VARIANTS.get(method, (method, {}))
                 yield Run(experiment, method, arch, seed,
                           {"arch": arch, "method": name, "method_options": options})
 

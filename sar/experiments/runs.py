@@ -217,8 +217,9 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
                      progress: bool = True, options: dict[str, Any] | None = None,
                      name: str = "scene_run") -> dict[str, Any]:
     """:func:`train_on_scenes` through :func:`sar.cache.cached`: loaded when the same run
-    (method, architecture, setup, seed, options, encoder checksum, device type) was saved
-    before, trained and saved otherwise. ``SAR_CACHE=0`` retrains.
+    (method, architecture, the setup's :meth:`~SegmentationSetup.run_fields`, seed, options,
+    encoder checksum, device type) was saved before, trained and saved otherwise: a method
+    added to the grid does not retrain the runs already cached. ``SAR_CACHE=0`` retrains.
 
     Returns:
         As :func:`train_on_scenes`, the model rebuilt from the saved state on ``device``.
@@ -228,7 +229,7 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
     """
     cache = _scene_cache(cache, setup)  # the scenes rebuild the model below, loaded or not
     device = torch.device(device)
-    config = {"method": method, "arch": arch, "setup": setup, "seed": seed,
+    config = {"method": method, "arch": arch, "setup": setup.run_fields(), "seed": seed,
               "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
               "device": device.type}
 
@@ -245,16 +246,16 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
 
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
                      cache: dict[str, Any]) -> dict[str, Any]:
-    """One grid cell: :func:`train_on_scenes` for ``run.options["method"]`` (default
-    ``run.method``) with its ``"method_options"`` (if any) on ``run.options["arch"]``.
+    """One grid cell: :func:`train_on_scenes` for :func:`method_name` of ``run`` with its
+    ``"method_options"`` (if any) on ``run.options["arch"]``.
 
     Returns:
         A row: ``mIoU``, ``pixel_accuracy`` and ``iou_class_k`` (fractions; mask id k, 0 =
         background, k = Fashion-MNIST class k - 1), ``gate_opened_step``, the encoder columns
         of :func:`encoder_record` and ``steps``.
     """
-    out = train_on_scenes(run.options.get("method", run.method), run.options["arch"], setup,
-                          run.seed, device, cache, options=run.options.get("method_options"))
+    out = train_on_scenes(method_name(run), run.options["arch"], setup, run.seed, device,
+                          cache, options=run.options.get("method_options"))
     scores = out["scores"]
     row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
     row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
