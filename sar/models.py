@@ -27,23 +27,33 @@ class TrainOutput(NamedTuple):
 
 
 class _InputTap:
-    """Context manager that records the first positional input of ``module``'s forward."""
+    """The first positional input of a head's forward, recorded by one persistent pre-hook.
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.value = module, None
+    The hook is registered once per head (again only when the head was replaced), not at
+    every call, so ``torch.compile(..., fullgraph=True)`` can trace it. It records only while
+    a call has armed this head, by putting the head in ``inputs``: a plain forward in eval
+    mode records nothing. The dict is keyed by the head module, so ``nn.DataParallel``
+    replicas, which share the original head's hook and this dict, each find their own input.
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[nn.Module, Any] = {}
+        self.hook_id: int | None = None
 
     def _record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        # DataParallel replicas share their hook dicts with the original module: record only
-        # this module's call, never a sibling replica's running in another thread
-        if module is self.module:
-            self.value = args[0]
+        if module in self.inputs:
+            self.inputs[module] = args[0]
 
-    def __enter__(self) -> _InputTap:
-        self._handle = self.module.register_forward_pre_hook(self._record)
-        return self
+    def attach(self, head: nn.Module) -> None:
+        """Register the hook on ``head`` unless it is there already (a new head gets it)."""
+        if self.hook_id is None or self.hook_id not in head._forward_pre_hooks:
+            self.hook_id = head.register_forward_pre_hook(self._record).id
 
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
+    def arm(self, head: nn.Module) -> None:
+        self.inputs[head] = None
+
+    def take(self, head: nn.Module) -> Any:
+        return self.inputs.pop(head, None)
 
 
 def _name_in(model: nn.Module, module: nn.Module | str, role: str) -> str:
@@ -125,6 +135,8 @@ class RegularizedModel(nn.Module):
         self.head_name = _name_in(model, head, "head")
         self.classifier_name = _name_in(model, classifier, "classifier")
         self._classifier_shape = _layer_shape(self.classifier)
+        self._tap = _InputTap()
+        self._tap.attach(self.head)
 
     @property
     def head(self) -> nn.Module:
@@ -148,16 +160,20 @@ class RegularizedModel(nn.Module):
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input feature (``(B, D)`` or ``(B, D, H, W)``) and the model's output."""
         head = self.head
-        with _InputTap(head) as tap:
+        self._tap.attach(head)
+        self._tap.arm(head)
+        try:
             logits = self.model(x)
-        if tap.value is None:
+        finally:
+            features = self._tap.take(head)
+        if features is None:
             raise RuntimeError(
                 f"the head {self.head_name!r} ({type(head).__name__}) did not run in the model's"
                 " forward, so there is no feature to regularise: was the head replaced under"
                 " another name, or is it bypassed? Wrap the model after changing its head"
                 " (e.g. after timm's reset_classifier), or name the layer that runs"
             )
-        return tap.value, logits
+        return features, logits
 
     def _unchanged_classifier(self) -> nn.Module:
         classifier = self.classifier
