@@ -73,6 +73,8 @@ _ETF_HEADS: dict[str, tuple[str, Callable[[], nn.Module] | None]] = {
     "etf": ("ce", None),
 }
 METHODS = (*_REGULARIZERS, *_ETF_HEADS, *_LOGIT_ADJUSTED)
+# the methods whose regulariser is a SemanticAnchorRegularizer (they take its options)
+SAR_METHODS = ("sar", "sar_class_pull", "sar_logit_adjusted")
 
 
 def is_segmentation_model(model: nn.Module) -> bool:

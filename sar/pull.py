@@ -11,9 +11,10 @@ backward pass and builds the gathered anchor map and a float32 copy of the featu
 all at the end of the forward pass, where a training step's memory peaks. Here the forward pass
 works through the map in a few slices (each slice's temporaries are freed before the next) and
 saves nothing but the inputs, which the network holds anyway; the backward pass writes the
-gradient ``2 (f - a_y) / D`` (MSE) or that of ``1 - cos(f, a_y)`` slice by slice into one
-tensor of the features' dtype. Values and gradients equal the plain expression's within
-float32 rounding (bit for bit where the map is one slice).
+gradient ``2 (f - a_y) / D`` slice by slice into one tensor of the features' dtype. Values and
+gradients are bit for bit the plain expression's where the map is one slice, and equal within
+float32 rounding where it is sliced. The cosine distance (an ablation option) keeps the plain
+expression.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 # than the task loss's own (a log-softmax over every pixel), so slicing would add launches only
 SLICES = 8
 SLICE_ABOVE = 2**22
-COSINE_EPS = 1e-8  # as torch.nn.functional.cosine_similarity
 
 
 def _slices(features: torch.Tensor) -> Iterator[tuple[slice, slice]]:
@@ -60,37 +60,27 @@ def _target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return target.movedim(-1, 1) if labels.dim() == 3 else target
 
 
-def _distance(features: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:
+def _mse(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # features - target promotes half features to the target's float32 element by element,
     # without a float32 copy of the features
-    if distance == "mse":
-        return (features - target).pow_(2).mean(dim=1)
-    return 1.0 - F.cosine_similarity(features.to(target.dtype), target, dim=1)
+    return (features - target).pow_(2).mean(dim=1)
 
 
-def _mse_grad(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d/df of mean_d (f - a)^2: 2 (f - a) / D."""
-    return (features - target).mul_(2.0 / features.shape[1])
+def _mse_grad(features: torch.Tensor, target: torch.Tensor,
+              grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out`` times d/df of mean_d (f - a)^2, i.e. ``(grad_out / D) * (2 (f - a))``: the
+    products in the order autograd takes them through ``mean`` and ``pow``, so the gradient is
+    bit for bit the plain expression's (and training runs reproduce the committed rows)."""
+    return (features - target).mul_(2).mul_(grad_out.unsqueeze(1) / features.shape[1])
 
 
-def _cosine_grad(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d/df of 1 - f.a / (max(|f|, eps) max(|a|, eps)): -(a - cos |a| f / |f|) / (|f| |a|)."""
-    features = features.to(target.dtype)
-    f_norm = features.norm(dim=1, keepdim=True).clamp_(min=COSINE_EPS)
-    a_norm = target.norm(dim=1, keepdim=True).clamp_(min=COSINE_EPS)
-    cos = (features * target).sum(dim=1, keepdim=True) / (f_norm * a_norm)
-    return (target - features * (cos * a_norm / f_norm)).div_(-(f_norm * a_norm))
-
-
-class _PerPositionDistance(torch.autograd.Function):
+class _PerPositionMSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                distance: str) -> torch.Tensor:
+    def forward(ctx, features: torch.Tensor, anchors: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(features, anchors, labels)
-        ctx.distance = distance
-        pieces = [(where, _distance(_piece(features, where, channels=True),
-                                    _target(anchors, _piece(labels, where, channels=False)),
-                                    distance))
+        pieces = [(where, _mse(_piece(features, where, channels=True),
+                               _target(anchors, _piece(labels, where, channels=False))))
                   for where in _slices(features)]
         if len(pieces) == 1:
             return pieces[0][1]
@@ -100,22 +90,21 @@ class _PerPositionDistance(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         features, anchors, labels = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        grad_of = _mse_grad if ctx.distance == "mse" else _cosine_grad
+            return None, None, None
         grad = None
         for where in _slices(features):
-            target = _target(anchors, _piece(labels, where, channels=False))
-            scale = _piece(grad_out, where, channels=False).unsqueeze(1)
-            piece_grad = grad_of(_piece(features, where, channels=True), target).mul_(scale)
+            piece_grad = _mse_grad(_piece(features, where, channels=True),
+                                   _target(anchors, _piece(labels, where, channels=False)),
+                                   _piece(grad_out, where, channels=False))
             if where == (slice(None), slice(None)):  # one piece: it is the gradient
-                return piece_grad.to(features.dtype), None, None, None
+                return piece_grad.to(features.dtype), None, None
             if grad is None:
                 grad = torch.empty_like(features)
             _piece(grad, where, channels=True).copy_(piece_grad)
-        return grad, None, None, None
+        return grad, None, None
 
 
 def per_position_distance(
@@ -128,11 +117,17 @@ def per_position_distance(
         anchors: ``(C, D)`` targets, float32 or float64, treated as constants (no gradient).
         labels: int64 class ids in ``[0, C)``, ``(B,)`` or ``(B, H, W)`` (ignored positions
             mapped to any valid id beforehand; the caller masks them out).
-        distance: ``"mse"``: ``mean_d (f - a_y)^2``; ``"cosine"``: ``1 - cos(f, a_y)`` (with
-            ``torch.nn.functional.cosine_similarity``'s ``eps`` of 1e-8).
+        distance: ``"mse"``: ``mean_d (f - a_y)^2``, by the memory-lean function above;
+            ``"cosine"``: ``1 - cos(f, a_y)`` (``torch.nn.functional.cosine_similarity``), by
+            the plain expression: it is an ablation option, and so the committed ablation row
+            that uses it reproduces bit for bit.
 
     Returns:
         ``(B,)`` or ``(B, H, W)``, in ``promote_types(features.dtype, anchors.dtype)`` (float32
         for half features). The gradient reaching ``features`` has their dtype.
     """
-    return _PerPositionDistance.apply(features, anchors.detach(), labels, distance)
+    anchors = anchors.detach()
+    if distance == "mse":
+        return _PerPositionMSE.apply(features, anchors, labels)
+    target = _target(anchors, labels)
+    return 1.0 - F.cosine_similarity(features.to(target.dtype), target, dim=1)

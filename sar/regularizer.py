@@ -382,12 +382,10 @@ class SemanticAnchorRegularizer(Float32Module):
     @torch.no_grad()
     def _update_semantic_anchors(self, projected: torch.Tensor, passed: torch.Tensor) -> None:
         """First passing step copies the projected anchors; later ones blend them in (EMA).
-
-        One ``lerp`` with weight 1 (first opening), ``1 - momentum`` (a later passing step) or
-        0 (a closed gate): ``ema + w (z - ema)``, the EMA ``m ema + (1 - m) z`` within rounding.
-        """
-        weight = torch.where(self.gate_opened, 1.0 - self.momentum, 1.0) * passed
-        self.semantic_anchors.lerp_(projected, weight.to(projected.dtype))
+        Two ``where``s on the device, no branch on the gate's value (no host sync)."""
+        blended = self.momentum * self.semantic_anchors + (1.0 - self.momentum) * projected
+        updated = torch.where(self.gate_opened, blended, projected)
+        self.semantic_anchors.copy_(torch.where(passed, updated, self.semantic_anchors))
         self.gate_opened |= passed
         self.num_updates += passed
 

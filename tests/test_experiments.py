@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sar import SmallCNN
 from sar.data import scene_class_probs
 from sar.experiments import (
     ABLATIONS,
@@ -268,3 +269,22 @@ def test_per_class_iou_table_orders_classes_head_to_tail_and_averages_seeds():
     assert list(table.columns[-3:]) == ["Pullover", "Shirt", "Bag"]
     assert table.loc[0, "Coat"] == pytest.approx(5.5)  # class 4 is mask id 5: (5 + 6) / 2
     assert len(table) == 2
+
+
+def test_grid_runs_build_sar_with_the_projector_init_of_the_committed_rows():
+    from sar import methods
+    from sar.experiments.runs import GRID_PROJECTOR_INIT, build_method
+
+    assert GRID_PROJECTOR_INIT == "torch"
+    for name in methods.SAR_METHODS:
+        torch.manual_seed(0)
+        grid, _ = build_method(name, SmallCNN(4), counts=[5, 4, 3, 2])
+        torch.manual_seed(0)
+        pinned, _ = methods.build(name, SmallCNN(4), counts=[5, 4, 3, 2], projector_init="torch")
+        torch.manual_seed(0)
+        default, _ = methods.build(name, SmallCNN(4), counts=[5, 4, 3, 2])
+        third = "regularizer.projector.6.weight"
+        assert torch.equal(grid.state_dict()[third], pinned.state_dict()[third]), name
+        assert not torch.equal(grid.state_dict()[third], default.state_dict()[third]), name
+    torch.manual_seed(0)
+    build_method("prototype", SmallCNN(4))  # no SAR options for other regularisers
