@@ -67,13 +67,21 @@ def test_render_writes_a_table_with_mean_and_std(longtail_csv):
     assert (longtail_csv.parent / "figures" / "longtail_accuracy.png").exists()
 
 
-def test_render_fills_the_readme_block_and_keeps_the_rest(longtail_csv, tmp_path):
-    readme = tmp_path / "README.md"
+def test_render_fills_the_block_of_each_document_that_holds_it_and_keeps_the_rest(
+        longtail_csv, tmp_path):
+    readme, results, other = (tmp_path / name for name in ("README.md", "results.md", "x.md"))
     readme.write_text("intro\n<!-- results:longtail -->\nold\n<!-- /results:longtail -->\nend\n")
-    main(["render", "longtail", "--out", str(longtail_csv.parent), "--readme", str(readme)])
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("<!-- /results:longtail -->\nend\n")
-    assert "old" not in text and "| method | if=1 | if=10 |" in text
+    results.write_text(readme.read_text().replace("intro", "detail"))
+    other.write_text("no block here\n")
+    main(["render", "longtail", "--out", str(longtail_csv.parent),
+          "--into", str(readme), str(results), str(other)])
+    for document, first in ((readme, "intro\n"), (results, "detail\n")):
+        text = document.read_text()
+        assert text.startswith(first) and text.endswith("<!-- /results:longtail -->\nend\n")
+        assert "old" not in text and "| method | if=1 | if=10 |" in text
+    assert other.read_text() == "no block here\n"
+    with pytest.raises(ValueError, match="has a <!-- results:longtail --> ... <!-- /results"):
+        main(["render", "longtail", "--out", str(longtail_csv.parent), "--into", str(other)])
 
 
 def test_markdown_table_bolds_the_best_mean_of_each_column():
