@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -11,7 +12,9 @@ import torch
 from sar.data import scene_class_probs
 from sar.experiments import (
     ABLATIONS,
+    EXPERIMENTS,
     LONGTAIL_METHODS,
+    RESULTS_DIR,
     SMOKE_CLASSIFICATION,
     TUNING,
     Run,
@@ -24,6 +27,7 @@ from sar.experiments import (
     method_name,
     paired_gap,
     paired_gap_table,
+    render_all,
     results_or_reduced_grid,
     scene_shot_groups,
     with_tuned_options,
@@ -276,3 +280,30 @@ def test_per_class_iou_table_orders_classes_head_to_tail_and_averages_seeds():
     assert list(table.columns[-3:]) == ["Pullover", "Shirt", "Bag"]
     assert table.loc[0, "Coat"] == pytest.approx(5.5)  # class 4 is mask id 5: (5 + 6) / 2
     assert len(table) == 2
+
+
+def test_every_generated_block_of_the_readme_and_docs_is_in_sync_with_results(tmp_path,
+                                                                              capsys):
+    # what `render all --into README.md docs/*.md` would write changes nothing in the repo
+    root = RESULTS_DIR.parent
+    documents = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for csv in RESULTS_DIR.glob("*.csv"):
+        shutil.copy(csv, tmp_path)
+    copies = []
+    for document in documents:
+        copies.append(tmp_path / "documents" / document.relative_to(root))
+        copies[-1].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(document, copies[-1])
+    render_all(tmp_path, [0, 1, 2], copies, figures=False)
+    assert "rendered longtail" in capsys.readouterr().out
+    blocks = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
+    held = set()
+    for document, copy in zip(documents, copies, strict=True):
+        found = {m.group(1): m.group(0) for m in blocks.finditer(document.read_text())}
+        rendered = {m.group(1): m.group(0) for m in blocks.finditer(copy.read_text())}
+        for name, block in found.items():
+            assert block == rendered[name], (
+                f"{document.name}'s {name} block is stale: python -m sar.experiments render all"
+                " --into README.md docs/results.md docs/cost.md")
+        held |= set(found)
+    assert {"headline", "status", *EXPERIMENTS} <= held

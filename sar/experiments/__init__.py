@@ -13,7 +13,7 @@ skipped, so a long grid can be run over several sittings. Rows carry the hardwar
 time and the git commit, so every number in the README, docs/ and notebook 04 traces back here.
 """
 
-from .cli import main
+from .cli import main, render_all
 from .grids import (
     ABLATIONS,
     EXPERIMENTS,
@@ -156,6 +156,7 @@ __all__ = [
     "plot_paired_differences",
     "plot_segmentation_shot_groups",
     "render",
+    "render_all",
     "render_headline",
     "results_or_reduced_grid",
     "run_classification",

@@ -79,14 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {csv}")
 
 
-def render_all(out: Path, seeds: list[int], documents: list[Path]) -> None:
+def render_all(out: Path, seeds: list[int], documents: list[Path], figures: bool = True) -> None:
     """Render every experiment whose CSV ``out`` holds, the headline when its grids are there,
-    and the status table; write each into the ``documents`` that hold its block."""
+    and the status table; write each into the ``documents`` that hold its block. ``figures``
+    false writes the tables alone (what the documents' blocks hold)."""
     done = [name for name in EXPERIMENTS if (out / f"{name}.csv").exists()]
     for name in done:
-        _fill(name, render(name, out).read_text(), documents)
+        _fill(name, render(name, out, figures).read_text(), documents)
     if {gap.experiment for gap in HEADLINE_GAPS} <= set(done):
-        _fill("headline", render_headline(out).read_text(), documents)
+        _fill("headline", render_headline(out, figures).read_text(), documents)
         done.append("headline")
     _fill("status", grid_status(seeds, out), documents)
     print(f"rendered {', '.join(done)} and the status table from {out}"
