@@ -2,7 +2,8 @@
 
 The README is the landing page; then the notebooks with their stored outputs (never
 executed), the pages under ``docs/`` and the API reference generated from the docstrings.
-It builds offline: no intersphinx, and the theme ships its assets in its wheel. The source
+It builds offline: no intersphinx, and the theme ships its assets in its wheel (only MathJax,
+which typesets the notebooks' equations, loads from its CDN when a page is read). The source
 folder is the repository's root (so the README's and the notebooks' relative links resolve as
 they do on GitHub), this folder holds the configuration: ``sphinx-build -c docs . OUT``.
 """
