@@ -79,6 +79,17 @@ def labels_at_feature_resolution(
     return labels
 
 
+def zero_without_labels(loss: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int) -> torch.Tensor:
+    """``loss``, or 0 where every label is ``ignore_index`` (a mean over no position is NaN).
+
+    A batch whose masks are all void is legitimate: it adds no task gradient and training goes
+    on. A ``torch.where``, not a branch: no host sync, and its backward gives the NaN branch a
+    zero gradient.
+    """
+    return torch.where((labels != ignore_index).any(), loss, 0.0)
+
+
 def regularizer_ignore_index(model: nn.Module) -> int | None:
     """The ignore index of the regulariser inside ``model`` (DDP/DataParallel unwrapped), if any."""
     inner = getattr(model, "module", model)
