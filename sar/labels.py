@@ -91,9 +91,11 @@ def zero_without_labels(loss: torch.Tensor, labels: torch.Tensor,
 
 
 def regularizer_ignore_index(model: nn.Module) -> int | None:
-    """The ignore index of the regulariser inside ``model`` (DDP/DataParallel unwrapped), if any."""
-    inner = getattr(model, "module", model)
-    return getattr(getattr(inner, "regularizer", None), "ignore_index", None)
+    """The ignore index of the regulariser inside ``model`` (every wrapper looked through by
+    :func:`sar.distributed.unwrap`), if any."""
+    from .distributed import unwrap  # sar.distributed imports the models, which import this
+
+    return getattr(getattr(unwrap(model), "regularizer", None), "ignore_index", None)
 
 
 def resolve_ignore_index(model: nn.Module, ignore_index: int | None | str) -> int | None:
