@@ -397,7 +397,10 @@ def distributed_loader(
     ranks with batch ``b`` sees the same global batches, in the same order, as one process
     with batch ``N * b``. The order depends on ``seed`` and the epoch; :func:`sar.train.fit`
     calls ``sampler.set_epoch`` at each epoch. ``drop_last`` drops a final short batch (BN
-    cannot train on a batch of one).
+    cannot train on a batch of one). Workers (``num_workers > 0``) start afresh each epoch,
+    seeded from the RNG that a checkpoint saves: persistent workers would carry their random
+    streams from epoch to epoch in an uninterrupted run but not across a resume, so a resumed
+    run's augmentations would differ.
     """
     env = env or DistEnv()
     per_step = env.world_size * batch_size
@@ -411,4 +414,4 @@ def distributed_loader(
                                  shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=num_workers, pin_memory=env.device.type == "cuda",
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=False)
