@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from sar import SARClassifier, SARSegmentationModel, SmallCNN, bare_state_dict, methods
 from sar.baselines import LogitAdjustedCrossEntropy
@@ -280,6 +280,21 @@ def test_a_max_steps_stop_resumes_where_it_stopped(tmp_path: Path, stop: int,
     pd.testing.assert_frame_equal(history, expected)
     # (epochs done, batches of the next one done); before: (2, absent) after 10 steps
     assert (state["epoch"], state.get("batches_into_epoch")) == divmod(stop, 8)
+
+
+def test_resume_is_exact_with_a_sampler_that_has_its_own_generator(tmp_path: Path) -> None:
+    def loader() -> DataLoader:  # the sampler's generator, not the loader's, draws the order
+        generator = torch.Generator().manual_seed(0)
+        sampler = WeightedRandomSampler(torch.ones(64), 64, generator=generator)
+        return DataLoader(NoisyBlobs(), batch_size=8, sampler=sampler)
+
+    straight = classifier()
+    quiet_fit(straight, loader(), epochs=2)
+    path = tmp_path / "ckpt.pt"
+    quiet_fit(classifier(), loader(), epochs=1, checkpoint=path)
+    resumed = classifier(seed=5)
+    quiet_fit(resumed, loader(), epochs=2, checkpoint=path, resume=True)
+    assert_same_state(resumed, straight)  # before: the 2nd epoch drew the 1st epoch's order
 
 
 def test_a_resume_inside_an_epoch_refuses_a_loader_of_another_length(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ PathLike = str | os.PathLike[str]
 
 # ---------------------------------------------------------------------------- checkpoints
 def _rng_state(loader: Any = None) -> dict[str, Any]:
-    """Python, NumPy, torch (CPU, CUDA) and loader-generator RNG states, torch-loadable."""
+    """Python, NumPy, torch (CPU, CUDA) and loader (and sampler) generator RNG states,
+    torch-loadable."""
     # the legacy global NumPy RNG is what user code and seed_everything drive
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     state: dict[str, Any] = {
@@ -41,10 +42,21 @@ def _rng_state(loader: Any = None) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    generator = getattr(loader, "generator", None)
-    if isinstance(generator, torch.Generator):
-        state["loader"] = generator.get_state()
+    for name, generator in _loader_generators(loader).items():
+        state[name] = generator.get_state()
     return state
+
+
+def _loader_generators(loader: Any) -> dict[str, torch.Generator]:
+    """The loader's generator, and its sampler's when that has one of its own (e.g.
+    ``WeightedRandomSampler(..., generator=g)``): both draw the order of the batches."""
+    found = {"loader": getattr(loader, "generator", None)}
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        sampler_generator = getattr(owner, "generator", None)
+        if sampler_generator is not found["loader"]:
+            found.setdefault("sampler", sampler_generator)
+    return {name: g for name, g in found.items() if isinstance(g, torch.Generator)}
 
 
 def _set_rng_state(state: Mapping[str, Any], loader: Any = None) -> None:
@@ -57,9 +69,9 @@ def _set_rng_state(state: Mapping[str, Any], loader: Any = None) -> None:
     if "cuda" in state and torch.cuda.is_available():
         if len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
-    generator = getattr(loader, "generator", None)
-    if "loader" in state and isinstance(generator, torch.Generator):
-        generator.set_state(state["loader"])
+    for name, generator in _loader_generators(loader).items():
+        if name in state:
+            generator.set_state(state[name])
 
 
 def _own_rng_state(payload: Mapping[str, Any], key: str = "rng",
@@ -104,9 +116,9 @@ def save_checkpoint(
     and gate buffers; every wrapper, DDP or ``torch.compile``, is looked through, so the keys
     are the same with or without one), optimiser, scheduler and GradScaler states, ``step``
     (optimiser steps done), ``epoch`` (epochs done), the history rows, ``len(loader)`` when it
-    has one, and the Python/NumPy/torch/CUDA RNG states plus the state of
-    ``loader.generator`` when it has one. ``rank_rng`` holds every rank's RNG states in a
-    distributed run (rank ``r`` restores entry ``r``).
+    has one, and the Python/NumPy/torch/CUDA RNG states plus the states of
+    ``loader.generator`` and of its sampler's own generator, when they exist. ``rank_rng``
+    holds every rank's RNG states in a distributed run (rank ``r`` restores entry ``r``).
 
     A run stopped inside an epoch (``max_steps``) also records ``batches_into_epoch``, the
     batches of epoch ``epoch`` (0-based) already trained, and ``epoch_rng``, the RNG states
