@@ -433,3 +433,61 @@ def test_the_run_command_trains_with_the_configured_mean(tmp_path: Path, monkeyp
     with pytest.raises(ValueError, match=r"train\.ce_mean_over must be one of \['labelled',"
                        r" 'all'\], got 'pixels'"):
         RunConfig.from_dict({"train": {"ce_mean_over": "pixels"}})
+
+
+# ------------------------------------------------------------ 51. gradient accumulation
+def bn_free_classifier(seed: int = 0) -> SARClassifier:
+    """No BatchNorm in the network, so 4 micro-batches of 4 step exactly as one batch of 16."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU(), nn.Linear(8, C))
+    return SARClassifier(net, head_name="3", update_conf=0.3, momentum=0.9)
+
+
+def test_accumulated_micro_batches_step_like_one_large_batch_and_the_ema_advances_once() -> None:
+    images, labels = blobs(64)
+    data = TensorDataset(images, labels)
+    large, accumulated = bn_free_classifier(), bn_free_classifier()
+    big = quiet_fit(large, DataLoader(data, batch_size=16), epochs=2)
+    small = quiet_fit(accumulated, DataLoader(data, batch_size=4), epochs=2, accumulate=4)
+    assert small["step"].tolist() == big["step"].tolist() == list(range(8))
+    reg, reference = accumulated.regularizer, large.regularizer
+    assert reference.num_updates > 2  # the gate opened and the EMA moved
+    assert reg.num_updates == reference.num_updates  # before: 4x as many EMA updates
+    assert torch.allclose(reg.semantic_anchors, reference.semantic_anchors, atol=1e-5)
+    running = ("running_mean", "running_var", "num_batches_tracked")  # per forward, as any BN
+    for (key, a), b in zip(accumulated.state_dict().items(), large.state_dict().values(),
+                           strict=True):
+        if not key.endswith(running):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5), key
+    pd.testing.assert_series_equal(small["task_loss"], big["task_loss"], atol=1e-5)
+
+
+def test_an_epoch_ends_with_a_step_over_the_batches_left() -> None:
+    images, labels = blobs(40)
+    history = quiet_fit(classifier(), DataLoader(TensorDataset(images, labels), batch_size=8),
+                        epochs=2, accumulate=2)  # 5 batches: steps of 2, 2 and 1
+    assert history["step"].tolist() == list(range(6))
+    assert history["epoch"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_max_steps_stop_with_accumulation_resumes_where_it_stopped(tmp_path: Path) -> None:
+    def loader() -> DataLoader:
+        return shuffled(NoisyBlobs())  # 8 batches: 4 steps of 2 per epoch
+
+    straight = classifier()
+    expected = quiet_fit(straight, loader(), epochs=2, max_steps=7, accumulate=2)
+    path = tmp_path / "ckpt.pt"
+    quiet_fit(classifier(), loader(), epochs=2, max_steps=5, checkpoint=path, accumulate=2)
+    resumed = classifier(seed=5)
+    history = quiet_fit(resumed, loader(), epochs=2, max_steps=7, checkpoint=path, resume=True,
+                        accumulate=2)
+    assert_same_state(resumed, straight)
+    pd.testing.assert_frame_equal(history, expected)
+
+
+@pytest.mark.parametrize("accumulate", [0, -1, 1.5, True])
+def test_accumulate_must_be_a_positive_int(accumulate) -> None:
+    images, labels = blobs(8)
+    with pytest.raises(ValueError, match="accumulate must be an int >= 1"):
+        quiet_fit(classifier(), DataLoader(TensorDataset(images, labels), batch_size=4),
+                  accumulate=accumulate)

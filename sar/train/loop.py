@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..config import default_device, show_progress
 from ..distributed import unwrap
 from ..labels import AUTO, regularizer_ignore_index, resolve_ignore_index
 from ..models import RegularizedModel
+from ..regularizer import no_anchor_update
 from .checkpoint import (
     PathLike,
     _length,
@@ -65,6 +67,7 @@ class _Trainer:
         self.criterion, self.device, self.amp_dtype = criterion, device, amp_dtype
         self.total_steps, self.log_every, self.check_ignore = total_steps, log_every, check_ignore
         self.step, self.history = 0, []
+        self.accumulate = 1
         self.bar: tqdm | None = None
         self.checkpoint: Path | None = None
         self.epoch_rng: dict[str, Any] | None = None  # the RNG states as this epoch began
@@ -94,20 +97,37 @@ class _Trainer:
             )
         self.check_ignore = None  # once is enough
 
-    def train_step(self, batch: Any, epoch: int) -> None:
-        x, y = _batch(batch, self.device, self.input_dtype)
+    def train_step(self, micro_batches: list[Any], epoch: int) -> None:
+        """One optimiser step over ``micro_batches`` (one batch, or ``accumulate`` of them):
+        their gradients summed with each loss divided by their number, SAR's gate and EMA
+        advanced on the first only (:func:`~sar.no_anchor_update`), DDP's gradient sync on the
+        last only (``no_sync``). The logged values are the micro-batches' mean."""
         lr = self.optimizer.param_groups[0]["lr"]
-        task, loss, reg = self._finite_losses(x, y, epoch, lr)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        count, logged = len(micro_batches), None
+        for index, batch in enumerate(micro_batches):
+            x, y = _batch(batch, self.device, self.input_dtype)
+            with self._micro_batch(index, count):
+                task, loss, reg = self._finite_losses(x, y, epoch, lr)
+                self.scaler.scale(loss / count if count > 1 else loss).backward()
+            values = torch.stack([v.detach().float() for v in (task, loss, *reg.values())])
+            logged = values if logged is None else logged + values
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.step % self.log_every == 0:
-            self._log(epoch, lr, task, loss, reg)
+            self._log(epoch, lr, list(reg), logged / count if count > 1 else logged)
         self.step += 1
         if self.bar is not None:
             self.bar.update(1)
+
+    def _micro_batch(self, index: int, count: int) -> ExitStack:
+        stack = ExitStack()
+        if index > 0:
+            stack.enter_context(no_anchor_update(self.model))
+        if index < count - 1 and hasattr(self.model, "no_sync"):
+            stack.enter_context(self.model.no_sync())  # DDP: sync once, on the last
+        return stack
 
     def _finite_losses(
         self, x: torch.Tensor, y: torch.Tensor, epoch: int, lr: float
@@ -130,10 +150,10 @@ class _Trainer:
             raise self._diverged(epoch, lr, _first_failure(detail)) from cause
         return task, loss, reg
 
-    def _log(self, epoch: int, lr: float, task: torch.Tensor, loss: torch.Tensor,
-             reg: Mapping[str, torch.Tensor]) -> None:
-        names = ["task_loss", "loss", *(_history_key(k) for k in reg)]
-        stacked = torch.stack([v.detach().float() for v in (task, loss, *reg.values())])
+    def _log(self, epoch: int, lr: float, reg_keys: list[str], stacked: torch.Tensor) -> None:
+        """One history row from ``stacked``: the task loss, the total loss and the
+        regulariser's ``reg_keys`` values, in that order."""
+        names = ["task_loss", "loss", *(_history_key(k) for k in reg_keys)]
         # the mean over ranks: the loss of the global batch when ranks see equal-sized batches
         values = distributed.all_reduce_mean(stacked).tolist()  # one host transfer
         self.history.append({"epoch": epoch, "step": self.step, "lr": lr,
@@ -182,14 +202,21 @@ class _Trainer:
         No batch is drawn past the budget (drawing one would move the RNG that a resumed run
         must find as the stop left it), except after the epoch's last: the loader is then
         drawn once more to end, as an uninterrupted run ends it (a shuffling sampler draws
-        from its generator there).
+        from its generator there). With ``accumulate`` each step takes that many batches; the
+        epoch's last step takes the batches that are left.
         """
         while self.step < self.total_steps:
-            batch = next(batches, _END)
-            if batch is _END:
+            micro_batches = []
+            while len(micro_batches) < self.accumulate:
+                batch = next(batches, _END)
+                if batch is _END:
+                    break
+                micro_batches.append(batch)
+            if micro_batches:
+                self.train_step(micro_batches, epoch)
+                done += len(micro_batches)
+            if len(micro_batches) < self.accumulate:
                 return done, True
-            self.train_step(batch, epoch)
-            done += 1
         return done, done == length and next(batches, _END) is _END
 
 
@@ -216,6 +243,7 @@ def fit(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     freeze_bn: FreezeBN = False,
     ce_mean_over: str = "labelled",
+    accumulate: int = 1,
 ) -> pd.DataFrame:
     """Train ``model`` on ``(inputs, labels)`` batches; return the history.
 
@@ -225,7 +253,8 @@ def fit(
     ``(B, H, W)`` (or ``(B, 1, H, W)``) for segmentation; floating-point labels are refused.
 
     Args:
-        epochs, max_steps: the run lasts ``min(epochs * len(train_loader), max_steps)`` steps.
+        epochs, max_steps: the run lasts ``min(epochs * len(train_loader), max_steps)`` steps
+            (with ``accumulate``, ``ceil(len(train_loader) / accumulate)`` steps an epoch).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``, over all trainable
             parameters, the regulariser's projector included.
         schedule: per-step ``"cosine"``, ``"poly"`` (power 0.9) or ``"constant"``, after a
@@ -266,6 +295,14 @@ def fit(
             BatchNorm inside them. The regulariser's own BatchNorm always trains. Without it,
             a BatchNorm put in eval by hand is warned about: ``model.train()`` would update
             it. Each module's train/eval mode is restored when ``fit`` returns.
+        accumulate: batches per optimiser step (gradient accumulation): their gradients are
+            summed with each loss divided by their number, so ``accumulate=4`` with batches of
+            16 steps like batches of 64 would (BatchNorm aside, which normalises each batch
+            of 16). A step is one optimiser step: ``max_steps``, the schedule, ``log_every``
+            and the history count steps, and an epoch has ``ceil(len(loader) / accumulate)``
+            of them (the last takes the batches left). SAR's gate and EMA advance once per
+            step, on its first batch, as in the authors' code (the other batches run under
+            :func:`~sar.no_anchor_update`); under DDP the gradients sync on the last batch.
 
     Distributed: pass the model from :func:`sar.distributed.prepare_model` (DDP) and a loader
     from :func:`sar.distributed.distributed_loader`, on every rank with the same arguments.
@@ -290,6 +327,9 @@ def fit(
     binding = ignore_index != AUTO or regularizer_ignore_index(model) is not None
     ignore_index = resolve_ignore_index(model, ignore_index)
     _check_fit_args(optimizer, schedule, epochs, log_every, warmup_steps, checkpoint, resume)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate must be an int >= 1 (batches per optimiser step), got"
+                         f" {accumulate!r}")
     frozen = frozen_batchnorms(model, freeze_bn)
     warn_unfrozen_bn(model, frozen)
     device = torch.device(device) if device is not None else default_device()
@@ -297,7 +337,7 @@ def fit(
     criterion = task_criterion(criterion, ignore_index, ce_mean_over, binding)
     if isinstance(criterion, nn.Module):
         criterion.to(device)
-    total = _total_steps(train_loader, epochs, max_steps)
+    total = _total_steps(train_loader, epochs, max_steps, accumulate)
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     sched = LambdaLR(opt, lambda s: lr_factor(s, total, schedule, warmup_steps))
     amp_dtype = _amp_dtype(device, amp)
@@ -306,6 +346,7 @@ def fit(
     trainer = _Trainer(model, opt, sched, scaler, criterion, device, amp_dtype, total, log_every,
                        ignore_index if default_ce else None)
     trainer.checkpoint = Path(checkpoint) if checkpoint is not None else None
+    trainer.accumulate = accumulate
 
     resumed = None
     if resume and trainer.checkpoint.exists():
