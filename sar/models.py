@@ -10,12 +10,14 @@ every call, so a replaced head is found and ``nn.DataParallel`` replicas use the
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from .heads import HeadsRegularizer, find_heads, head_layer, image_labels
 from .regularizer import SemanticAnchorRegularizer
 
 
@@ -160,15 +162,19 @@ class RegularizedModel(nn.Module):
         return tap.value, logits
 
     def _unchanged_classifier(self) -> nn.Module:
-        classifier = self.classifier
-        if _layer_shape(classifier) != self._classifier_shape:
-            was, now = self._classifier_shape, _layer_shape(classifier)
+        return self._unchanged(self.classifier_name, self._classifier_shape)
+
+    def _unchanged(self, name: str, was: tuple[int | None, int | None]) -> nn.Module:
+        """The layer ``name``, looked up now, if it still maps ``was`` = (inputs, outputs)."""
+        layer = _submodule(self.model, name, "classifier")
+        now = _layer_shape(layer)
+        if now != was:
             raise RuntimeError(
-                f"the classifier {self.classifier_name!r} changed after wrapping: it mapped"
+                f"the classifier {name!r} changed after wrapping: it mapped"
                 f" {was[0]} -> {was[1]} and now maps {now[0]} -> {now[1]}, but the regulariser"
                 " was built for the old one. Wrap the model again after changing its head"
             )
-        return classifier
+        return layer
 
     def bare_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's own ``state_dict``, without the regulariser (for deployment).
@@ -225,72 +231,125 @@ class SARSegmentationModel(RegularizedModel):
 
 
 def find_linear_head(model: nn.Module) -> str:
-    """The dotted name of a classifier's final ``nn.Linear``, found without being named.
+    """The dotted name of a classifier's one head, an ``nn.Linear`` or a 1x1 ``nn.Conv2d``.
 
-    Looked for, in order: timm's ``get_classifier()``, then ``fc`` (torchvision ResNet,
-    :class:`SmallCNN`), ``classifier`` (EfficientNet, MobileNet, ConvNeXt, VGG, DenseNet),
-    ``heads`` (ViT) and ``head`` (Swin); in a container, its last ``nn.Linear``.
+    Found as :func:`sar.heads.find_heads` finds heads: behind timm's ``get_classifier()``,
+    then at ``fc`` (torchvision ResNet, :class:`SmallCNN`), ``classifier`` (EfficientNet,
+    MobileNet, ConvNeXt, VGG, DenseNet, SqueezeNet), ``heads`` (ViT) or ``head`` (Swin); in a
+    container, its last ``Linear``/``Conv2d``.
 
     Raises:
-        TypeError: when none of these holds an ``nn.Linear``.
+        TypeError: as :func:`~sar.heads.find_heads`, or for a model with several heads (the
+            message names them; :class:`SARClassifier` regularises each).
+        ValueError: as :func:`~sar.heads.find_heads` (torchvision ``aux_logits=True``).
     """
-    get_classifier = getattr(model, "get_classifier", None)
-    candidates = [get_classifier()] if callable(get_classifier) else []
-    candidates += [getattr(model, name, None) for name in ("fc", "classifier", "heads", "head")]
-    for candidate in candidates:
-        if isinstance(candidate, nn.Module):
-            linears = [m for m in candidate.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                return _name_in(model, linears[-1], "head")
-    raise TypeError(
-        f"SARClassifier found no linear head in {type(model).__name__} (looked at"
-        " get_classifier(), fc, classifier, heads and head): name it with head_name= (a dotted"
-        " name such as 'classifier.1') or use RegularizedModel"
-    )
+    names = find_heads(model)
+    if len(names) > 1:
+        raise TypeError(
+            f"{type(model).__name__} has {len(names)} classifier heads {list(names)} whose"
+            " logits it combines: SARClassifier(model) regularises the feature of each head"
+            " with that head; name one with head_name= only to regularise it alone"
+        )
+    return names[0]
 
 
 class SARClassifier(RegularizedModel):
-    """An image classifier trained with SAR on the feature that enters its final linear layer.
+    """An image classifier trained with SAR on the feature that enters each of its heads.
 
     Args:
-        model: a classifier whose logits come from an ``nn.Linear``: torchvision ResNet,
-            EfficientNet, MobileNet, ConvNeXt, ViT, a timm model, :class:`SmallCNN`, ...
+        model: a classifier whose logits come from an ``nn.Linear`` or a 1x1 ``nn.Conv2d``
+            head: torchvision ResNet, EfficientNet, MobileNet, ConvNeXt, ViT, SqueezeNet, a
+            timm model (distilled and multi-branch ones included), :class:`SmallCNN`, ...
         regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
-            D read from the linear layer.
-        head_name: dotted name of that linear layer (``"fc"``, ``"classifier.1"``,
-            ``"heads.head"``); ``None`` finds it (see :func:`find_linear_head`).
+            D read from the head; for several heads, a
+            :class:`~sar.heads.HeadsRegularizer` of one per head.
+        head_name: dotted name of the head (``"fc"``, ``"classifier.1"``, ``"heads.head"``),
+            or a sequence of names; ``None`` finds them (see :func:`sar.heads.find_heads`).
 
-    The regularised feature is the input of the linear layer, ``(B, D)``: for heads such as
+    The regularised feature is the input of the head. A linear head gives ``(B, D)``: for
     ``classifier = Sequential(Dropout, Linear)`` it is taken after the Dropout, so in training
-    mode it is the dropped-out feature the classifier actually sees.
+    mode it is the dropped-out feature the classifier actually sees. A 1x1 conv head gives
+    ``(B, D, H, W)`` (``(B, D, 1, 1)`` after timm's pooling; SqueezeNet's unpooled map), and
+    every position carries the image's label ``(B,)``. The anchor CE scores the anchors with
+    the head layer itself, also where a ReLU follows it (SqueezeNet): scored through the ReLU,
+    an anchor whose own logit starts negative gets no gradient and never becomes confident.
+
+    Several heads (timm's ``deit_*_distilled``, ``levit_*``, ``crossvit_*``, ...; see
+    :mod:`sar.heads`): each head's input is regularised with that head as the classifier and
+    the losses are averaged; :meth:`features_and_logits` gives the first head's feature,
+    :meth:`head_features_and_logits` every head's.
 
     Raises:
-        TypeError: when the head is not found or is not an ``nn.Linear``.
+        TypeError: when no head is found, a named head is not an ``nn.Linear`` or 1x1
+            ``nn.Conv2d``, a model with an auxiliary head the wrapper cannot regularise (VOLO),
+            or a ``regularizer`` that does not hold one regulariser per head.
+        ValueError: a torchvision model built with ``aux_logits=True``.
     """
 
     def __init__(
         self,
         model: nn.Module,
         regularizer: nn.Module | None = None,
-        head_name: str | None = None,
+        head_name: str | Sequence[str] | None = None,
         **sar_options: Any,
     ) -> None:
-        if head_name is None:
-            head_name = find_linear_head(model)
-        head = _find(model, head_name)
-        if not isinstance(head, nn.Linear):
-            found = "no such submodule" if head is None else type(head).__name__
-            raise TypeError(
-                f"SARClassifier needs model.{head_name} to be an nn.Linear head, found {found};"
-                " name the head with head_name= (a dotted name such as 'classifier.1') or use"
-                " RegularizedModel"
+        names = find_heads(model) if head_name is None else (
+            (head_name,) if isinstance(head_name, str) else tuple(head_name))
+        layers = [head_layer(model, name) for name in names]
+        regularizer = _head_regularizer(model, names, layers, regularizer, sar_options)
+        super().__init__(model, names[0], names[0], regularizer)
+        self.head_names = names
+        self._head_shapes = tuple(_layer_shape(layer) for layer in layers)
+        # one linear head: exactly RegularizedModel's training step
+        self._plain = len(names) == 1 and isinstance(layers[0], nn.Linear)
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | TrainOutput:
+        if self._plain or not self.training or labels is None:
+            return super().forward(x, labels)
+        classifiers = [self._unchanged(name, shape)
+                       for name, shape in zip(self.head_names, self._head_shapes, strict=True)]
+        features, logits = self.head_features_and_logits(x)
+        per_head = [image_labels(feature, labels) for feature in features]
+        if len(features) == 1:
+            return TrainOutput(logits, self.regularizer(features[0], per_head[0], classifiers[0]))
+        return TrainOutput(logits, self.regularizer(features, per_head, classifiers))
+
+    def head_features_and_logits(
+        self, x: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every head's input feature, in :attr:`head_names` order, and the model's output."""
+        with ExitStack() as stack:
+            taps = [stack.enter_context(_InputTap(_submodule(self.model, name, "head")))
+                    for name in self.head_names[1:]]
+            first, logits = self.features_and_logits(x)
+        silent = [name for name, tap in zip(self.head_names[1:], taps, strict=True)
+                  if tap.value is None]
+        if silent:
+            raise RuntimeError(
+                f"the head(s) {silent} did not run in the model's forward, so there is no"
+                " feature to regularise: wrap the model after changing its heads"
             )
-        if regularizer is None:
-            regularizer = SemanticAnchorRegularizer(head.out_features, head.in_features,
-                                                    **sar_options)
-        elif sar_options:
+        return (first, *(tap.value for tap in taps)), logits
+
+
+def _head_regularizer(model: nn.Module, names: Sequence[str], layers: Sequence[nn.Module],
+                      regularizer: nn.Module | None, sar_options: dict[str, Any]) -> nn.Module:
+    """The given regulariser, checked against the heads, or SAR built for each head."""
+    if regularizer is not None:
+        if sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, head_name, head_name, regularizer)
+        if len(names) > 1 and len(getattr(regularizer, "regularizers", ())) != len(names):
+            raise TypeError(
+                f"{type(model).__name__} has {len(names)} heads {list(names)}: pass"
+                " regularizer=HeadsRegularizer([...]) with one regulariser per head, in that"
+                " order, or leave regularizer=None for SAR on each"
+            )
+        return regularizer
+    per_head = [SemanticAnchorRegularizer(out, width, **sar_options)
+                for width, out in map(_layer_shape, layers)]
+    return per_head[0] if len(per_head) == 1 else HeadsRegularizer(per_head)
 
 
 def bare_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
