@@ -78,7 +78,8 @@ def _listed_heads(model: nn.Module) -> tuple[str, ...]:
     config = getattr(model, "pretrained_cfg", None)
     names = config.get("classifier", ()) if isinstance(config, dict) else ()
     names = (names,) if isinstance(names, str) else tuple(names or ())
-    return names + tuple(name for name in EXTRA_HEAD_ATTRIBUTES if hasattr(model, name))
+    extra = tuple(name for name in EXTRA_HEAD_ATTRIBUTES if hasattr(model, name))
+    return tuple(dict.fromkeys(names + extra))
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:

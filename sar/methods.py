@@ -45,7 +45,7 @@ from .baselines import (
     PrototypeRegularizer,
 )
 from .heads import HeadsRegularizer, find_heads, head_layer
-from .models import RegularizedModel, SARClassifier, SARSegmentationModel
+from .models import RegularizedModel, SARClassifier, SARSegmentationModel, smp_head_names
 from .regularizer import SemanticAnchorRegularizer
 
 RegularizerFactory = Callable[..., nn.Module]
@@ -94,7 +94,7 @@ def _head_names(model: nn.Module, head_name: str | Sequence[str] | None) -> tupl
 def _head_dims(model: nn.Module, head_names: Sequence[str]) -> list[tuple[int, int]]:
     """``(num_classes, feat_dim)`` of each head (the smp segmentation head for smp models)."""
     if is_segmentation_model(model):
-        conv = model.segmentation_head[0]
+        conv = model.get_submodule(smp_head_names(model)[1])
         return [(conv.out_channels, conv.in_channels)]
     heads = [model.get_submodule(name) for name in head_names]
     return [(head.out_features, head.in_features) if isinstance(head, nn.Linear)

@@ -193,8 +193,12 @@ class SARSegmentationModel(RegularizedModel):
     ``(B, D, H/s, W/s)``) and the classifier is the head's conv, so the anchor CE trains the
     very layer that segments. Labels ``(B, H, W)`` are nearest-resized to the decoder map.
 
+    For DPT, whose ``segmentation_head.head`` is ``Sequential(Conv2d 3x3, BN, ReLU, Dropout,
+    Conv2d 1x1)``, the regularised map is the input of that final 1x1 conv, which is the
+    classifier (as in mmsegmentation, where SAR taps the feature entering ``conv_seg``).
+
     Args:
-        model: an smp model (anything with ``segmentation_head[0]`` a ``Conv2d``).
+        model: an smp model (anything with ``segmentation_head[0]`` a ``Conv2d``, or DPT).
         regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
             D read from the head.
 
@@ -207,14 +211,8 @@ class SARSegmentationModel(RegularizedModel):
     def __init__(
         self, model: nn.Module, regularizer: nn.Module | None = None, **sar_options: Any
     ) -> None:
-        head = getattr(model, "segmentation_head", None)
-        conv = head[0] if isinstance(head, nn.Sequential) and len(head) else None
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(
-                "SARSegmentationModel needs an smp-style model whose segmentation_head[0] is a"
-                f" Conv2d; got {type(model).__name__}. Use RegularizedModel to name the head and"
-                " classifier yourself."
-            )
+        head_name, classifier_name = smp_head_names(model)
+        conv = model.get_submodule(classifier_name)
         if getattr(model, "classification_head", None) is not None:
             raise ValueError(
                 "this smp model was built with aux_params, so it returns (mask, label) and"
@@ -227,7 +225,26 @@ class SARSegmentationModel(RegularizedModel):
                                                     **sar_options)
         elif sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, "segmentation_head", "segmentation_head.0", regularizer)
+        super().__init__(model, head_name, classifier_name, regularizer)
+
+
+def smp_head_names(model: nn.Module) -> tuple[str, str]:
+    """(head, classifier) names of an smp model: its ``segmentation_head`` and the head's first
+    conv, or, for DPT (``segmentation_head.head = Sequential(Conv, BN, ReLU, Dropout, Conv)``),
+    the final conv for both (its input, after the Dropout, is the regularised map)."""
+    head = getattr(model, "segmentation_head", None)
+    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Conv2d):
+        return "segmentation_head", "segmentation_head.0"
+    block = getattr(head, "head", None)
+    if isinstance(block, nn.Sequential) and len(block) and isinstance(block[-1], nn.Conv2d):
+        name = f"segmentation_head.head.{len(block) - 1}"
+        return name, name
+    raise TypeError(
+        "SARSegmentationModel needs an smp-style model whose segmentation_head[0] (or, as in"
+        " DPT, segmentation_head.head[-1]) is a Conv2d; got"
+        f" {type(model).__name__}. Use RegularizedModel to name the head and classifier"
+        " yourself."
+    )
 
 
 def find_linear_head(model: nn.Module) -> str:

@@ -86,6 +86,22 @@ def test_options_and_regularizer_together_are_refused():
         SARSegmentationModel(tiny_smp("Unet"), regularizer=NoRegularizer(), trade_off=0.2)
 
 
+def test_dpt_is_regularised_at_the_input_of_its_final_conv():
+    torch.manual_seed(0)
+    net = build_smp_model("DPT", "tu-vit_tiny_patch16_224", num_classes=3, img_size=32,
+                          decoder_intermediate_channels=(16,) * 4, decoder_fusion_channels=16)
+    model = SARSegmentationModel(net).train()
+    conv = net.segmentation_head.head[4]  # after Conv 3x3, BN, ReLU, Dropout: the classifier
+    assert model.head is model.classifier is conv and model.regularizer.feat_dim == 16
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    out = model(x, y)
+    assert out.logits.shape == (2, 3, 32, 32) and torch.isfinite(out.losses["loss"])
+    out.losses["anchor_ce"].backward()
+    assert conv.weight.grad.abs().sum() > 0
+    features, _ = model.features_and_logits(x)
+    assert features.shape == (2, 16, 16, 16)  # the head upsamples its logits by 2
+
+
 def test_non_smp_model_gets_a_helpful_error():
     with pytest.raises(TypeError, match="RegularizedModel"):
         SARSegmentationModel(nn.Conv2d(3, 3, 1))
@@ -419,6 +435,9 @@ def test_a_multi_head_model_needs_one_regularizer_per_head():
 def test_an_auxiliary_head_that_adds_per_token_logits_is_refused_with_the_fix():
     from timm.models.volo import VOLO
 
+    with pytest.raises(TypeError, match=r"VOLO has the auxiliary classifier head\(s\)"
+                       r" \['aux_head'\] besides \['head'\]"):  # named once, config or not
+        SARClassifier(timm_model("volo_d1_224", 4))
     net = VOLO(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2),
                img_size=32, num_classes=4)
     with pytest.raises(TypeError, match=r"VOLO has the auxiliary classifier head\(s\)"
