@@ -8,21 +8,17 @@ Every position of a conv head's input is classified, so it carries its image's l
 (:func:`image_labels`). The anchors are scored by the conv itself, not by ``relu(conv)``: see
 ``docs/failures.md`` (SqueezeNet) for why and what was measured.
 
-Several timm families have more than one head, and their logits combine them (timm 1.0.31):
+Several timm families have more than one head, and their logits combine them (timm 1.0.31,
+``distilled_training`` off, its default):
 
-=====================================  ================================================
-model                                  logits (``distilled_training`` off, the default)
-=====================================  ================================================
-``deit_*_distilled``, ``pit_*_distilled``  ``(head(cls token) + head_dist(dist token)) / 2``
-``levit_*``, ``efficientformer*``,     ``(head(x) + head_dist(x)) / 2``, each head with its
-``swiftformer_*``, ``repvit_*``,       own BatchNorm in LeViT, RepViT and iFormer
-``iformer_*_distilled``
-``crossvit_*``                         the mean of one head per branch (different widths)
-``efficientvim_*``                     ``sum_i softmax(w)_i * heads[i](stage i)``, and the
-                                       mean of that and the same over ``heads_dist``
-``volo_*``                             ``head(cls) + 0.5 * max over patch tokens of
-                                       aux_head(token)``: refused, see :func:`find_heads`
-=====================================  ================================================
+- ``deit_*_distilled``, ``pit_*_distilled``: ``(head(cls token) + head_dist(dist token)) / 2``;
+- ``levit_*``, ``efficientformer*``, ``swiftformer_*``, ``repvit_*``, ``iformer_*_distilled``:
+  ``(head(x) + head_dist(x)) / 2``, each head with its own BatchNorm in LeViT, RepViT, iFormer;
+- ``crossvit_*``: the mean of one head per branch, of different widths;
+- ``efficientvim_*``: ``sum_i softmax(w)_i heads[i](stage i)``, averaged with the same over
+  ``heads_dist`` in the distilled ones;
+- ``volo_*``: ``head(cls) + 0.5 * max over patch tokens of aux_head(token)``: refused, see
+  :func:`find_heads`.
 
 With ``distilled_training`` on (timm's ``set_distilled_training()``), those models return the
 pair ``(x, x_dist)`` in training mode instead, each head trained by its own loss. Either way
