@@ -8,6 +8,7 @@ rows that failed.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "zoo_sweep.py"
 def zoo_sweep():
     spec = importlib.util.spec_from_file_location("zoo_sweep", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo_sweep"] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
