@@ -25,7 +25,7 @@ class IgnoreSafeCrossEntropy(nn.CrossEntropyLoss):
     divides by zero valid targets there; this keeps its value bit for bit on every other batch.
 
     Args:
-        *args, **kwargs: those of ``nn.CrossEntropyLoss``.
+        \*args, \*\*kwargs: those of ``nn.CrossEntropyLoss``.
         mean_over: what ``reduction="mean"`` divides the summed loss by. ``"labelled"``
             (PyTorch's): the labelled positions (their class weights, with ``weight=``).
             ``"all"``: every position, ignored ones included, as mmsegmentation 0.29's
