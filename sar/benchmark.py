@@ -414,50 +414,64 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-def _failed_row(case: Case, device: torch.device, backend: str, error: str) -> Proxies:
+def _failed_row(name: str, device: torch.device, backend: str, error: str) -> Proxies:
     nan = math.nan
-    return Proxies(case.name, str(device), backend, False, False, *[nan] * 14, error=error)
+    return Proxies(name, str(device), backend, False, False, *[nan] * 14, error=error)
 
 
 def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: str | None = None,
                     warmup: int = 2, profiled: int = 1, steps: int = 2,
                     rounds: int = 3) -> Proxies:
-    """Hardware-independent cost of SAR in one steady-state train step, beside time ratios.
-
-    Plain and SAR models (seed 0, same batch) are built in this process; SAR's gate is opened
-    first (:func:`open_gate`), each step is warmed up ``warmup`` times (the first compiles,
-    with ``compile_backend``), ``profiled`` steps of each are profiled (:func:`profile_step`),
-    then ``rounds`` alternating blocks of ``steps`` steps are timed (median).
-
-    A failure to compile is returned as a row whose ``error`` names the model (``plain`` or
-    ``sar``, plain first) and the error's first line, not raised.
-    """
+    """Hardware-independent cost of SAR in one steady-state train step of a case (a key of
+    PROXY_CASES, CASES or GPU_CASES, or a Case), beside time ratios: :func:`compare_proxies`
+    of the case's plain and SAR models (seed 0) on its batch (seed 0)."""
     if isinstance(case, str):
         case = {**PROXY_CASES, **CASES, **GPU_CASES}[case]
-    if compile_backend:
-        torch._dynamo.reset()  # each case compiles afresh, within dynamo's recompile limit
-    x, y = batch(case, device)
     models = {name: build(case, name == "sar").to(device).train() for name in ("plain", "sar")}
-    open_gate(models["sar"], x, y)
-    train = {name: TrainStep(m, x, y, compile_backend) for name, m in models.items()}
-    for name, step in train.items():
+    return compare_proxies(case.name, models["plain"], models["sar"], *batch(case, device),
+                           compile_backend=compile_backend, warmup=warmup, profiled=profiled,
+                           steps=steps, rounds=rounds)
+
+
+def compare_proxies(name: str, plain: RegularizedModel, sar: RegularizedModel, x: torch.Tensor,
+                    y: torch.Tensor, *, compile_backend: str | None = None, warmup: int = 2,
+                    profiled: int = 1, steps: int = 2, rounds: int = 3) -> Proxies:
+    """SAR's model against plain's, trained on the same batch in this process (on ``x``'s device).
+
+    SAR's gate is opened first (:func:`open_gate`); each :class:`TrainStep` is warmed up
+    ``warmup`` times (the first call compiles, with ``compile_backend``); ``profiled`` steps
+    of each are profiled (:func:`profile_step`), then ``rounds`` alternating blocks of
+    ``steps`` steps are timed (median). A failure to compile is returned as a row whose
+    ``error`` names the model (``plain`` or ``sar``, plain first) and the error's first line,
+    not raised.
+    """
+    device = x.device
+    if compile_backend:
+        torch._dynamo.reset()  # each comparison compiles afresh, within dynamo's recompile limit
+    open_gate(sar, x, y)
+    train = {"plain": TrainStep(plain, x, y, compile_backend),
+             "sar": TrainStep(sar, x, y, compile_backend)}
+    for role, step in train.items():
         try:
             for _ in range(warmup):
                 step()
         except Exception as err:  # noqa: BLE001 - a compile error is a result here
             if not compile_backend:
                 raise
-            return _failed_row(case, device, compile_backend, f"{name}: {_first_line(err)}")
-    (plain, _), (sar, losses) = (profile_step(step, device, profiled) for step in train.values())
+            return _failed_row(name, device, compile_backend, f"{role}: {_first_line(err)}")
+    (plain_cost, _), (sar_cost, losses) = (profile_step(step, device, profiled)
+                                           for step in train.values())
     gate = {k: bool(v) for k, v in losses.items() if k.startswith("gate_")}
     times = _alternate(train, device, steps, rounds)
-    plain_peak, sar_peak = plain.held_bytes + plain.peak_bytes, sar.held_bytes + sar.peak_bytes
+    plain_peak = plain_cost.held_bytes + plain_cost.peak_bytes
+    sar_peak = sar_cost.held_bytes + sar_cost.peak_bytes
     return Proxies(
-        case=case.name, device=str(device), compiled=compile_backend or "",
+        case=name, device=str(device), compiled=compile_backend or "",
         gate_opened=gate.get("gate_opened", False), gate_passed=gate.get("gate_passed", False),
-        plain_syncs=plain.host_syncs, sar_syncs=sar.host_syncs,
-        extra_syncs=sar.host_syncs - plain.host_syncs,
-        plain_ops=plain.aten_ops, sar_ops=sar.aten_ops, extra_ops=sar.aten_ops - plain.aten_ops,
+        plain_syncs=plain_cost.host_syncs, sar_syncs=sar_cost.host_syncs,
+        extra_syncs=sar_cost.host_syncs - plain_cost.host_syncs,
+        plain_ops=plain_cost.aten_ops, sar_ops=sar_cost.aten_ops,
+        extra_ops=sar_cost.aten_ops - plain_cost.aten_ops,
         plain_peak_mib=plain_peak / 2**20, sar_peak_mib=sar_peak / 2**20,
         extra_peak_mib=(sar_peak - plain_peak) / 2**20,
         extra_peak_fraction=(sar_peak - plain_peak) / plain_peak,
