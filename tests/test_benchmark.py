@@ -88,6 +88,17 @@ def test_a_temporary_of_known_size_raises_the_peak_by_its_size(device):
     assert extra.held_bytes == plain.held_bytes  # a temporary is not held between steps
 
 
+def test_gradients_remade_each_step_are_not_counted_as_extra_peak():
+    # zero_grad frees last step's gradients (allocated before profiling began) and backward
+    # makes new ones: the peak above the step's start is the activations, not the 4 MiB weight
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, CLASSES))
+    model = SARClassifier(wide, NoRegularizer(), head_name="2").train()
+    step = TrainStep(model, torch.randn(BATCH, 1024), torch.zeros(BATCH, dtype=torch.long))
+    step(), step()
+    assert profile_step(step, torch.device("cpu"))[0].peak_bytes < 2**20
+
+
 def test_held_bytes_are_parameters_gradients_momentum_and_batch():
     step = TrainStep(tiny(NoRegularizer()).train(), *tiny_batch(torch.device("cpu")))
     step()
