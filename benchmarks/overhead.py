@@ -94,7 +94,7 @@ def measure_all_proxies(args: argparse.Namespace, device: torch.device) -> list[
 
 
 def proxies_line(r: Proxies) -> str:
-    head = f"{r.case:34s} {r.compiled or 'eager':>9s}"
+    head = f"{r.case:34s} {r.compiled or 'no':>9s}"
     if r.error:
         return f"{head} failed: {r.error[:200]}"
     gate = "open" if r.gate_opened else "SHUT"  # a shut gate: the measured step is not steady
