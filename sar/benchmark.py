@@ -245,6 +245,7 @@ PROXY_CASES = {
 # Ops after which the host waits for the device. `_local_scalar_dense` is what `.item()`,
 # `bool(t)`, `if t:` and `float(t)` run; the others size their output by the data, which on
 # CUDA means a copy back to the host (on the CPU some of them show no `_local_scalar_dense`).
+# Not counted: explicit copies to the host (`.cpu()`, `.tolist()`), which a train step has none of.
 HOST_SYNC_OPS = frozenset({
     "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal",
     "aten::nonzero", "aten::masked_select", "aten::bincount", "aten::_unique", "aten::_unique2",
