@@ -36,9 +36,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block (times)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (times)")
-    parser.add_argument("--proxy-steps", type=int, default=2,
+    parser.add_argument("--proxy-steps", type=int, default=1,
                         help="steps per timed block (proxies)")
-    parser.add_argument("--proxy-rounds", type=int, default=3,
+    parser.add_argument("--proxy-rounds", type=int, default=5,
                         help="alternating rounds (proxies)")
     parser.add_argument("--compile", action="store_true",
                         help="also measure the proxies under torch.compile(fullgraph=True)")

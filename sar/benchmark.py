@@ -421,8 +421,8 @@ def _failed_row(name: str, device: torch.device, backend: str, error: str) -> Pr
 
 
 def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: str | None = None,
-                    warmup: int = 2, profiled: int = 1, steps: int = 2,
-                    rounds: int = 3) -> Proxies:
+                    warmup: int = 2, profiled: int = 1, steps: int = 1,
+                    rounds: int = 5) -> Proxies:
     """Hardware-independent cost of SAR in one steady-state train step of a case (a key of
     PROXY_CASES, CASES or GPU_CASES, or a Case), beside time ratios: :func:`compare_proxies`
     of the case's plain and SAR models (seed 0) on its batch (seed 0)."""
@@ -436,7 +436,7 @@ def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: 
 
 def compare_proxies(name: str, plain: RegularizedModel, sar: RegularizedModel, x: torch.Tensor,
                     y: torch.Tensor, *, compile_backend: str | None = None, warmup: int = 2,
-                    profiled: int = 1, steps: int = 2, rounds: int = 3) -> Proxies:
+                    profiled: int = 1, steps: int = 1, rounds: int = 5) -> Proxies:
     """SAR's model against plain's, trained on the same batch in this process (on ``x``'s device).
 
     SAR's gate is opened first (:func:`open_gate`); each :class:`TrainStep` is warmed up
