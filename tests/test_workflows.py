@@ -491,3 +491,23 @@ def test_accumulate_must_be_a_positive_int(accumulate) -> None:
     with pytest.raises(ValueError, match="accumulate must be an int >= 1"):
         quiet_fit(classifier(), DataLoader(TensorDataset(images, labels), batch_size=4),
                   accumulate=accumulate)
+
+
+class TwoOutputs(nn.Module):
+    """Returns ``(logits, logits)`` like timm's distilled models in distilled training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
+        self.fc = nn.Linear(8, C)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.fc(self.body(x))
+        return logits, logits
+
+
+def test_fit_refuses_a_model_that_returns_several_outputs() -> None:
+    images, labels = blobs(8)
+    with pytest.raises(TypeError, match="returned a tuple, not one logits tensor"):
+        quiet_fit(SARClassifier(TwoOutputs()), DataLoader(TensorDataset(images, labels),
+                                                          batch_size=4))
