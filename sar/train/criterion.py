@@ -18,7 +18,7 @@ CE_MEAN_OVER = ("labelled", "all")
 
 
 class IgnoreSafeCrossEntropy(nn.CrossEntropyLoss):
-    """``nn.CrossEntropyLoss`` that gives 0, not NaN, on a batch with no labelled position.
+    r"""``nn.CrossEntropyLoss`` that gives 0, not NaN, on a batch with no labelled position.
 
     A segmentation batch whose masks are all ``ignore_index`` (a crop of pure boundary or
     void) is legitimate: it contributes no task gradient and training goes on. PyTorch's mean
