@@ -28,6 +28,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .baselines import NoRegularizer
+from .regularizer import VALIDATE_FIRST_CALLS
 from .models import (
     RegularizedModel,
     SARClassifier,
@@ -421,7 +422,7 @@ def _failed_row(name: str, device: torch.device, backend: str, error: str) -> Pr
 
 
 def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: str | None = None,
-                    warmup: int = 2, profiled: int = 1, steps: int = 1,
+                    warmup: int = VALIDATE_FIRST_CALLS, profiled: int = 1, steps: int = 1,
                     rounds: int = 5) -> Proxies:
     """Hardware-independent cost of SAR in one steady-state train step of a case (a key of
     PROXY_CASES, CASES or GPU_CASES, or a Case), beside time ratios: :func:`compare_proxies`
@@ -435,12 +436,14 @@ def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: 
 
 
 def compare_proxies(name: str, plain: RegularizedModel, sar: RegularizedModel, x: torch.Tensor,
-                    y: torch.Tensor, *, compile_backend: str | None = None, warmup: int = 2,
+                    y: torch.Tensor, *, compile_backend: str | None = None, warmup: int = VALIDATE_FIRST_CALLS,
                     profiled: int = 1, steps: int = 1, rounds: int = 5) -> Proxies:
     """SAR's model against plain's, trained on the same batch in this process (on ``x``'s device).
 
     SAR's gate is opened first (:func:`open_gate`); each :class:`TrainStep` is warmed up
-    ``warmup`` times (the first call compiles, with ``compile_backend``); ``profiled`` steps
+    ``warmup`` times (the first call compiles, with ``compile_backend``; the default,
+    :data:`~sar.regularizer.VALIDATE_FIRST_CALLS`, also takes SAR past the first calls whose
+    value checks read tensors back to the host); ``profiled`` steps
     of each are profiled (:func:`profile_step`), then ``rounds`` alternating blocks of
     ``steps`` steps are timed (median). A failure to compile is returned as a row whose
     ``error`` names the model (``plain`` or ``sar``, plain first) and the error's first line,
