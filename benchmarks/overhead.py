@@ -23,6 +23,7 @@ import torch
 
 from sar.benchmark import CASES, PROXY_CASES, Proxies, measure, measure_proxies
 from sar.config import default_device
+from sar.regularizer import VALIDATE_FIRST_CALLS
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +79,8 @@ def print_times(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def measure_all_proxies(args: argparse.Namespace, device: torch.device) -> list[Proxies]:
-    print(f"\nproxies: one profiled steady-state step (SAR's gate open) after 2 warm-up steps;"
+    print(f"\nproxies: one profiled steady-state step (SAR's gate open) after"
+          f" {VALIDATE_FIRST_CALLS} warm-up steps (past SAR's first-call value checks);"
           f" times: median of {args.proxy_rounds} rounds x {args.proxy_steps} steps")
     print(f"{'case':34s} {'compiled':>9s} {'gate':>4s} {'syncs':>9s} {'extra ops':>9s}"
           f" {'extra MiB':>9s} {'extra %':>7s} {'plain ms':>9s} {'SAR ms':>9s} {'ratio':>6s}")
