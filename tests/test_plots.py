@@ -23,6 +23,7 @@ from sar.plots import (  # noqa: E402
     plot_embedding,
     plot_paired_gaps,
     plot_per_class,
+    plot_per_class_seeds,
     plot_segmentation_overlay,
     plot_sweep,
     plot_training_curves,
@@ -486,3 +487,16 @@ def test_paired_gap_plot_refuses_more_than_five_methods_per_panel():
                        for k in range(4)])
     with pytest.raises(ValueError, match="at most 5"):
         plot_paired_gaps(pd.concat([runs, extra]), "acc", "ce", "imbalance_factor")
+
+
+def test_per_class_seed_lines_run_head_to_tail_with_mean_and_std_over_seeds():
+    counts = [5, 50, 20]  # head is class 1, then 2, then 0
+    seeds = np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 6.0]])  # (S=2, C=3)
+    ax = plot_per_class_seeds({"sar": seeds}, counts, class_names=["a", "b", "c"])
+    bar = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    np.testing.assert_allclose(bar.lines[0].get_ydata(), [2.0, 4.0, 1.0])  # b, c, a
+    low, high = bar.lines[2][0].get_segments()[1][:, 1]  # class c: 2 and 6, std 2.83
+    assert (high - low) / 2 == pytest.approx(np.std([2.0, 6.0], ddof=1))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b\n(50)", "c\n(20)", "a\n(5)"]
+    with pytest.raises(ValueError, match="2 classes"):
+        plot_per_class_seeds({"sar": np.zeros((2, 2))}, counts)

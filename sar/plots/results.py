@@ -388,3 +388,46 @@ def plot_paired_gaps(
            xlabel=xlabel or pretty_label(x),
            ylabel=ylabel or f"Δ {pretty_label(value)} vs {method_label(reference)}")
     return ax
+
+
+def plot_per_class_seeds(
+    values: Mapping[str, ArrayLike],
+    counts: ArrayLike,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    ylabel: str = "value",
+    title: str = "Per class, head → tail",
+    legend: str | None = "best",
+) -> Axes:
+    """One line per method across the classes, ordered by training count (head first): the
+    mean over seeds with a ± std bar (sample std, ddof=1; none for one seed).
+
+    Args:
+        values: method -> ``(S, C)`` per-class values of S seeds (a ``(C,)`` array is one
+            seed); methods in their fixed colours.
+        counts: ``(C,)`` training samples per class; sets the order (stable for ties).
+        class_names: tick labels (default: class ids).
+        ax, ylabel, title, legend: as :func:`plot_sweep` (give units in ``ylabel``).
+
+    Raises:
+        ValueError: a method's values do not have C columns.
+    """
+    n = _numpy(counts).astype(float)
+    order = np.argsort(-n, kind="stable")
+    ax = _axes(ax)
+    for (name, vals), colour in zip(values.items(), level_colors(values), strict=True):
+        v = np.atleast_2d(_numpy(vals).astype(float))
+        if v.shape[1] != len(n):
+            raise ValueError(f"values for {name!r} have {v.shape[1]} classes, counts {len(n)}")
+        spread = v.std(0, ddof=1) if v.shape[0] > 1 else None
+        ax.errorbar(np.arange(len(n)), v.mean(0)[order],
+                    yerr=None if spread is None else spread[order], marker="o", markersize=4,
+                    capsize=2, color=colour, label=method_label(name))
+    names = np.array(_names(class_names, len(n)))[order]
+    ax.set_xticks(np.arange(len(n)), [f"{c}\n({int(k)})" for c, k in zip(names, n[order],
+                                                                         strict=True)],
+                  rotation=45, ha="right", rotation_mode="anchor")
+    ax.set(xlabel="class (training images), head → tail", ylabel=ylabel, title=title)
+    seeds = {np.atleast_2d(_numpy(v)).shape[0] for v in values.values()}
+    _legend(ax, legend, title=f"mean ± std over {'/'.join(map(str, sorted(seeds)))} seeds")
+    return ax
