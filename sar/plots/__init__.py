@@ -10,7 +10,16 @@ through :func:`class_palette` (a "background" class is black everywhere).
 
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding, plot_target_distances
-from .results import plot_bars, plot_per_class, plot_sweep, plot_sweep_panels, sweep_summary
+from .results import (
+    paired_gaps,
+    plot_bars,
+    plot_paired_gaps,
+    plot_per_class,
+    plot_per_class_seeds,
+    plot_sweep,
+    plot_sweep_panels,
+    sweep_summary,
+)
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
     BACKGROUND_RGB,
@@ -55,13 +64,16 @@ __all__ = [
     "loss_equation",
     "method_color",
     "method_label",
+    "paired_gaps",
     "plot_anchor_cosines",
     "plot_anchor_probabilities",
     "plot_bars",
     "plot_embedding",
     "plot_target_distances",
     "plot_metric_curves",
+    "plot_paired_gaps",
     "plot_per_class",
+    "plot_per_class_seeds",
     "plot_sar_pipeline",
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",
