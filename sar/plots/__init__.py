@@ -4,7 +4,8 @@ Every function draws onto a given matplotlib ``ax`` (or creates one), returns th
 Figure for multi-panel plots) and never calls ``plt.show()``, so the same code serves
 notebooks, scripts and tests. Call :func:`use_style` once for the house style. A method keeps
 one colour across all plots through :func:`method_color` (:data:`METHOD_COLORS`), a class
-through :func:`class_palette` (a "background" class is black everywhere).
+through :func:`class_palette`, keyed by its name (a "background" class is black everywhere),
+a logged loss term through :func:`series_colors`.
 :func:`plot_sar_pipeline` draws the whole method as one diagram.
 """
 
@@ -14,12 +15,14 @@ from .results import plot_bars, plot_per_class, plot_sweep, plot_sweep_panels, s
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
     BACKGROUND_RGB,
+    CLASS_COLORS,
     COLUMN_LABELS,
     FIGSIZE,
     IGNORE_RGB,
     MAX_LEGEND_CLASSES,
     METHOD_COLORS,
     METHOD_LABELS,
+    TERM_COLORS,
     canonical_method,
     class_palette,
     figure_legend,
@@ -28,6 +31,7 @@ from .style import (
     method_label,
     pretty_label,
     readable_log_axis,
+    series_colors,
     tick_labels,
     use_style,
 )
@@ -40,12 +44,14 @@ from .training import (
 
 __all__ = [
     "BACKGROUND_RGB",
+    "CLASS_COLORS",
     "COLUMN_LABELS",
     "FIGSIZE",
     "IGNORE_RGB",
     "MAX_LEGEND_CLASSES",
     "METHOD_COLORS",
     "METHOD_LABELS",
+    "TERM_COLORS",
     "canonical_method",
     "class_palette",
     "colorize_mask",
@@ -72,6 +78,7 @@ __all__ = [
     "pretty_label",
     "readable_log_axis",
     "sar_defaults",
+    "series_colors",
     "sweep_summary",
     "tick_labels",
     "use_style",
