@@ -10,7 +10,14 @@ a logged loss term through :func:`series_colors`.
 """
 
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
-from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding, plot_target_distances
+from .geometry import (
+    cosine_matrix,
+    plot_anchor_cosines,
+    plot_embedding,
+    plot_feature_grid,
+    plot_features_2d,
+    plot_target_distances,
+)
 from .results import plot_bars, plot_per_class, plot_sweep, plot_sweep_panels, sweep_summary
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
@@ -65,6 +72,8 @@ __all__ = [
     "plot_anchor_probabilities",
     "plot_bars",
     "plot_embedding",
+    "plot_feature_grid",
+    "plot_features_2d",
     "plot_target_distances",
     "plot_metric_curves",
     "plot_per_class",
