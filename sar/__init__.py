@@ -35,7 +35,7 @@ from .models import (
     build_smp_model,
     find_linear_head,
 )
-from .regularizer import SemanticAnchorRegularizer
+from .regularizer import SemanticAnchorRegularizer, no_anchor_update
 
 __version__ = "0.1.0"
 
@@ -78,5 +78,6 @@ __all__ = [
     "find_linear_head",
     "make_anchors",
     "models",
+    "no_anchor_update",
     "seed_everything",
 ]

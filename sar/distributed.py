@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .models import RegularizedModel
@@ -356,10 +358,27 @@ def _buffer_sync_option(sync: bool) -> dict[str, bool]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP (or DataParallel) wrapper; any other model as it is."""
-    if isinstance(model, DistributedDataParallel | nn.DataParallel):
-        return model.module
-    return model
+    """The model inside every wrapper around it; a model without one as it is.
+
+    Looks through ``DistributedDataParallel``, ``nn.DataParallel``,
+    ``torch.optim.swa_utils.AveragedModel`` (``.module``) and ``torch.compile``'s
+    ``OptimizedModule`` (``._orig_mod``), nested in any order, e.g. ``DDP(torch.compile(m))``.
+    The one place where :func:`sar.train.fit`, ``evaluate``, the checkpoints and
+    ``resolve_ignore_index`` find the :class:`~sar.models.RegularizedModel` and the state.
+    """
+    while True:
+        if isinstance(model, DistributedDataParallel | nn.DataParallel | AveragedModel):
+            model = model.module
+        elif _is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)``'s wrapper; checked without importing dynamo (over 1 s)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # no wrapper exists before it
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
 
 
 def distributed_loader(
@@ -378,7 +397,10 @@ def distributed_loader(
     ranks with batch ``b`` sees the same global batches, in the same order, as one process
     with batch ``N * b``. The order depends on ``seed`` and the epoch; :func:`sar.train.fit`
     calls ``sampler.set_epoch`` at each epoch. ``drop_last`` drops a final short batch (BN
-    cannot train on a batch of one).
+    cannot train on a batch of one). Workers (``num_workers > 0``) start afresh each epoch,
+    seeded from the RNG that a checkpoint saves: persistent workers would carry their random
+    streams from epoch to epoch in an uninterrupted run but not across a resume, so a resumed
+    run's augmentations would differ.
     """
     env = env or DistEnv()
     per_step = env.world_size * batch_size
@@ -392,4 +414,4 @@ def distributed_loader(
                                  shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=num_workers, pin_memory=env.device.type == "cuda",
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=False)

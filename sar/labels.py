@@ -79,10 +79,23 @@ def labels_at_feature_resolution(
     return labels
 
 
+def zero_without_labels(loss: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int) -> torch.Tensor:
+    """``loss``, or 0 where every label is ``ignore_index`` (a mean over no position is NaN).
+
+    A batch whose masks are all void is legitimate: it adds no task gradient and training goes
+    on. A ``torch.where``, not a branch: no host sync, and its backward gives the NaN branch a
+    zero gradient.
+    """
+    return torch.where((labels != ignore_index).any(), loss, 0.0)
+
+
 def regularizer_ignore_index(model: nn.Module) -> int | None:
-    """The ignore index of the regulariser inside ``model`` (DDP/DataParallel unwrapped), if any."""
-    inner = getattr(model, "module", model)
-    return getattr(getattr(inner, "regularizer", None), "ignore_index", None)
+    """The ignore index of the regulariser inside ``model`` (every wrapper looked through by
+    :func:`sar.distributed.unwrap`), if any."""
+    from .distributed import unwrap  # sar.distributed imports the models, which import this
+
+    return getattr(getattr(unwrap(model), "regularizer", None), "ignore_index", None)
 
 
 def resolve_ignore_index(model: nn.Module, ignore_index: int | None | str) -> int | None:

@@ -49,12 +49,14 @@ from .regularizer import SemanticAnchorRegularizer
 
 RegularizerFactory = Callable[..., nn.Module]
 
-def _no_regularizer(num_classes: int, feat_dim: int, **options: Any) -> NoRegularizer:
-    """Plain cross-entropy's regulariser: none, so it takes no options."""
+def _no_regularizer(num_classes: int, feat_dim: int, ignore_index: int | None = None,
+                    **options: Any) -> NoRegularizer:
+    """Plain cross-entropy's regulariser: none, so it takes no options but the label of the
+    void positions (which ``fit`` and ``evaluate`` read from it)."""
     if options:
         raise ValueError(f"plain cross-entropy has no regulariser to take the options"
                          f" {sorted(options)}; pass them to a method that has one, e.g. 'sar'")
-    return NoRegularizer()
+    return NoRegularizer(ignore_index)
 
 
 # name -> regulariser built from (num_classes, feat_dim, **options)
@@ -73,6 +75,8 @@ _ETF_HEADS: dict[str, tuple[str, Callable[[], nn.Module] | None]] = {
     "etf": ("ce", None),
 }
 METHODS = (*_REGULARIZERS, *_ETF_HEADS, *_LOGIT_ADJUSTED)
+# the methods whose regulariser is a SemanticAnchorRegularizer (they take its options)
+SAR_METHODS = ("sar", "sar_class_pull", "sar_logit_adjusted")
 
 
 def is_segmentation_model(model: nn.Module) -> bool:
@@ -92,15 +96,15 @@ def _head_dims(model: nn.Module, head_name: str) -> tuple[int, int]:
     return head.out_features, head.in_features
 
 
-def _criterion(name: str, counts: Sequence[int] | None, tau: float,
-               ignore_index: int) -> nn.Module | None:
+def _criterion(name: str, counts: Sequence[int] | None, tau: float, regularizer: nn.Module,
+               segmentation: bool) -> nn.Module | None:
+    """The logit-adjusted loss, ignoring what the regulariser ignores (its default otherwise:
+    255 for masks, -100 for class labels), so the task loss and the pull skip the same labels."""
     if name not in _LOGIT_ADJUSTED:
         return None
-    if counts is None:
-        raise ValueError(
-            f"method {name!r} needs counts= (training samples or pixels per class) for its"
-            " log prior"
-        )
+    ignore_index = getattr(regularizer, "ignore_index", None)
+    if ignore_index is None:
+        ignore_index = 255 if segmentation else -100
     return LogitAdjustedCrossEntropy(counts, tau=tau, ignore_index=ignore_index)
 
 
@@ -127,6 +131,8 @@ def build(
             (default: found by :func:`~sar.models.find_linear_head`; ignored for smp models).
         **options: keyword arguments of the method's regulariser (e.g. ``trade_off=1.0`` for
             SAR, ``momentum=0.99`` for prototypes) or, for ``"etf"``, of the ETF head.
+            ``ignore_index`` (the label of void positions) also goes to the logit-adjusted
+            criterion, and is the one option that ``ce`` and ``logit_adjusted`` take.
 
     Returns:
         ``(wrapped, criterion)``: a :class:`~sar.RegularizedModel` and the loss to pass to
@@ -143,13 +149,18 @@ def build(
     if not segmentation and head_name is None:
         head_name = find_linear_head(model)
     num_classes, feat_dim = _head_dims(model, head_name)
-    criterion = _criterion(name, counts, tau, ignore_index=255 if segmentation else -100)
     if name in _ETF_HEADS:
         variant, make_criterion = _ETF_HEADS[name]
         head = _etf(model, head_name, num_classes, feat_dim, segmentation, variant, options)
         return head, make_criterion() if make_criterion is not None else None
+    if name in _LOGIT_ADJUSTED and counts is None:
+        raise ValueError(
+            f"method {name!r} needs counts= (training samples or pixels per class) for its"
+            " log prior"
+        )
     make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
     regularizer = make_regularizer(num_classes, feat_dim, **options)
+    criterion = _criterion(name, counts, tau, regularizer, segmentation)
     if segmentation:
         return SARSegmentationModel(model, regularizer), criterion
     return SARClassifier(model, regularizer, head_name=head_name), criterion

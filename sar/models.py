@@ -10,6 +10,7 @@ every call, so a replaced head is found and ``nn.DataParallel`` replicas use the
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -27,23 +28,33 @@ class TrainOutput(NamedTuple):
 
 
 class _InputTap:
-    """Context manager that records the first positional input of ``module``'s forward."""
+    """The first positional input of a head's forward, recorded by one persistent pre-hook.
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.value = module, None
+    The hook is registered once per head (again only when the head was replaced), not at
+    every call, so ``torch.compile(..., fullgraph=True)`` can trace it. It records only while
+    a call has armed this head, by putting the head in ``inputs``: a plain forward in eval
+    mode records nothing. The dict is keyed by the head module, so ``nn.DataParallel``
+    replicas, which share the original head's hook and this dict, each find their own input.
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[nn.Module, Any] = {}
+        self.hook_id: int | None = None
 
     def _record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        # DataParallel replicas share their hook dicts with the original module: record only
-        # this module's call, never a sibling replica's running in another thread
-        if module is self.module:
-            self.value = args[0]
+        if module in self.inputs:
+            self.inputs[module] = args[0]
 
-    def __enter__(self) -> _InputTap:
-        self._handle = self.module.register_forward_pre_hook(self._record)
-        return self
+    def attach(self, head: nn.Module) -> None:
+        """Register the hook on ``head`` unless it is there already (a new head gets it)."""
+        if self.hook_id is None or self.hook_id not in head._forward_pre_hooks:
+            self.hook_id = head.register_forward_pre_hook(self._record).id
 
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
+    def arm(self, head: nn.Module) -> None:
+        self.inputs[head] = None
+
+    def take(self, head: nn.Module) -> Any:
+        return self.inputs.pop(head, None)
 
 
 def _name_in(model: nn.Module, module: nn.Module | str, role: str) -> str:
@@ -125,6 +136,8 @@ class RegularizedModel(nn.Module):
         self.head_name = _name_in(model, head, "head")
         self.classifier_name = _name_in(model, classifier, "classifier")
         self._classifier_shape = _layer_shape(self.classifier)
+        self._tap = _InputTap()
+        self._tap.attach(self.head)
 
     @property
     def head(self) -> nn.Module:
@@ -148,16 +161,20 @@ class RegularizedModel(nn.Module):
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input feature (``(B, D)`` or ``(B, D, H, W)``) and the model's output."""
         head = self.head
-        with _InputTap(head) as tap:
+        self._tap.attach(head)
+        self._tap.arm(head)
+        try:
             logits = self.model(x)
-        if tap.value is None:
+        finally:
+            features = self._tap.take(head)
+        if features is None:
             raise RuntimeError(
                 f"the head {self.head_name!r} ({type(head).__name__}) did not run in the model's"
                 " forward, so there is no feature to regularise: was the head replaced under"
                 " another name, or is it bypassed? Wrap the model after changing its head"
                 " (e.g. after timm's reset_classifier), or name the layer that runs"
             )
-        return tap.value, logits
+        return features, logits
 
     def _unchanged_classifier(self) -> nn.Module:
         classifier = self.classifier
@@ -299,26 +316,64 @@ def bare_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[s
     ``net.load_state_dict(bare_state_dict("run/checkpoint.pt"))`` loads a checkpoint written
     by :func:`sar.train.fit` / ``save_checkpoint`` into the plain model (e.g. the smp model
     you deploy), with ``strict=True``: the ``model.`` prefix is removed and the regulariser's
-    ``regularizer.*`` entries are dropped.
+    ``regularizer.*`` entries are dropped. The state's ``_metadata`` (the per-module versions
+    that e.g. torchvision's MNASNet and BatchNorm read while loading) is kept, re-keyed the
+    same way. Prefixes of wrappers around the whole state are removed first: ``module.``
+    (DDP, ``nn.DataParallel``, ``AveragedModel``, whose ``n_averaged`` is dropped) and
+    ``_orig_mod.`` (``torch.compile``), so a wrapped bare model's state comes out bare too.
 
     Args:
         checkpoint: a checkpoint file path, its loaded dict (with a ``"model"`` entry), or a
-            :class:`RegularizedModel`'s ``state_dict``.
+            :class:`RegularizedModel`'s ``state_dict`` (wrapped or not).
 
     Raises:
-        ValueError: if it holds no ``model.*`` entry (not a wrapper's state).
+        ValueError: a state that is neither a wrapper's (only ``model.*`` and
+            ``regularizer.*`` entries) nor under a wrapper prefix; the message names its
+            top-level prefixes.
     """
     if not isinstance(checkpoint, Mapping):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = checkpoint.get("model", checkpoint)
-    bare = {key.removeprefix("model."): value for key, value in state.items()
-            if key.startswith("model.")}
-    if not bare:
-        raise ValueError(
-            "no 'model.' entries: this is not the state of a RegularizedModel (SARClassifier,"
-            " SARSegmentationModel); a bare model's state_dict loads as it is"
-        )
-    return bare
+    state, removed = _without_wrapper_prefixes(state)
+    tops = sorted({key.split(".", 1)[0] for key in state})
+    if "model" in tops and set(tops) <= {"model", "regularizer"}:
+        return _under_prefix(state, "model.")
+    if removed:  # a bare model inside DDP or torch.compile: its state, unprefixed
+        return state
+    raise ValueError(
+        f"not the state of a RegularizedModel (SARClassifier, SARSegmentationModel), whose"
+        f" entries are model.* and regularizer.*: its top-level names are {tops[:6]}. A bare"
+        " model's own state_dict loads as it is"
+    )
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP/DataParallel/AveragedModel, torch.compile
+
+
+def _without_wrapper_prefixes(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
+    """``state`` without the prefixes that wrap all of it, and those prefixes, outermost first."""
+    removed: list[str] = []
+    while True:
+        keys = [key for key in state if key != "n_averaged"]  # AveragedModel's own counter
+        prefix = next((p for p in _WRAPPER_PREFIXES
+                       if keys and all(key.startswith(p) for key in keys)), None)
+        if prefix is None:
+            return state, removed
+        state = _under_prefix(state, prefix)
+        removed.append(prefix)
+
+
+def _under_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries under ``prefix``, without it, and their ``_metadata`` re-keyed alike."""
+    inner: dict[str, Any] = OrderedDict((key.removeprefix(prefix), value)
+                                        for key, value in state.items() if key.startswith(prefix))
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        module = prefix[:-1]
+        inner._metadata = OrderedDict(  # type: ignore[attr-defined]
+            ("" if name == module else name.removeprefix(prefix), value)
+            for name, value in metadata.items() if name == module or name.startswith(prefix))
+    return inner
 
 
 # ----------------------------------------------------------------------------- factories

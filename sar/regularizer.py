@@ -14,7 +14,8 @@ autocast and in a model converted with ``.half()`` / ``.bfloat16()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 
 import torch
@@ -24,10 +25,15 @@ from torch.func import functional_call
 
 from .anchors import make_anchors
 from .labels import labels_at_feature_resolution
+from .pull import per_position_distance
 
 Classifier = nn.Linear | nn.Conv2d | Callable[[torch.Tensor], torch.Tensor]
 PULL_DISTANCES = ("mse", "cosine")
 PULL_REDUCTIONS = ("pixel", "class")
+PROJECTOR_INITS = ("authors", "torch")
+VALIDATE_MODES = ("first", "always", "never")
+# with validate="first", the value checks (host syncs) run on this many calls, then stop
+VALIDATE_FIRST_CALLS = 10
 LOSS_KEYS = ("anchor_ce", "pull", "loss", "gate_passed", "gate_opened", "anchor_accuracy",
              "min_anchor_prob")
 
@@ -84,16 +90,28 @@ def check_class_count(num_classes: int, ignore_index: int) -> None:
         )
 
 
-def build_projector(dim: int) -> nn.Sequential:
+def build_projector(dim: int, init: str = "authors") -> nn.Sequential:
     """The anchor projector: three (Linear, BatchNorm, ReLU) blocks, ``(C, D) -> (C, D)``.
 
     BatchNorm treats the C anchor rows as its batch; the last ReLU makes the projected anchors
     non-negative like the post-ReLU features they meet. The third Linear has no bias (it is a
     1x1 conv followed by BN in the original, where a bias would be cancelled anyway).
+
+    ``init="authors"`` starts the third Linear as the authors' code starts its 1x1 conv (mmcv's
+    ``ConvModule``: Kaiming-normal, fan-out, ReLU gain, std ``sqrt(2 / D)``); ``"torch"`` keeps
+    PyTorch's default ``Linear`` init (std ``1 / sqrt(3 D)``, about 2.4x smaller), which every
+    result row committed before this option existed was trained with. The forward output is
+    the same either way up to BatchNorm's eps (BN removes the weights' scale); what differs is
+    the effective step size of SGD on that layer. The first two blocks are ``nn.Linear`` in the
+    original too, with PyTorch's default init.
     """
+    if init not in PROJECTOR_INITS:
+        raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {init!r}")
     blocks: list[nn.Module] = []
     for bias in (True, True, False):
         blocks += [nn.Linear(dim, dim, bias=bias), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+    if init == "authors":
+        nn.init.kaiming_normal_(blocks[6].weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(*blocks)
 
 
@@ -128,9 +146,20 @@ class SemanticAnchorRegularizer(Float32Module):
         pull_after_open: if True the pull stays on once the gate has opened, instead of only on
             steps where the gate passes (the original).
         ignore_index: label value excluded from the pull (255).
-        validate: check shapes, label range and finiteness on every call. The value checks read
-            the tensors back to the host; switch them off for long GPU runs once inputs are known
-            to be clean.
+        validate: when the value checks run. The shape, dtype and width checks run on every
+            call (they read no tensor values). The value checks (every label is a class id or
+            ``ignore_index``; every feature is finite) read tensors back to the host, which
+            stalls a GPU's launch queue, so ``"first"`` (default) runs them on the first
+            :data:`VALIDATE_FIRST_CALLS` calls of this module (counted from construction or
+            loading; catching a wrong ignore index, masks scaled by ``ToTensor`` or a wrong
+            ``num_classes`` at once), ``"always"`` on every call, ``"never"`` (or ``False``)
+            not at all. ``True`` means ``"always"``. Later, a bad label still stops training
+            through the task loss (``cross_entropy`` refuses out-of-range targets) and a
+            non-finite feature through the non-finite loss check of :func:`sar.train.fit`.
+            Inside ``torch.compile`` the value checks are skipped (they would break the graph).
+        projector_init: ``"authors"`` (default: the third projector block starts as in the
+            authors' code) or ``"torch"`` (PyTorch's default; the committed result rows); see
+            :func:`build_projector`.
 
     Shapes:
         features: ``(B, D)`` for classification or ``(B, D, H, W)`` for segmentation.
@@ -178,7 +207,8 @@ class SemanticAnchorRegularizer(Float32Module):
         use_gate: bool = True,
         pull_after_open: bool = False,
         ignore_index: int = 255,
-        validate: bool = True,
+        validate: bool | str = "first",
+        projector_init: str = "authors",
     ) -> None:
         super().__init__()
         check_class_count(num_classes, ignore_index)
@@ -199,11 +229,14 @@ class SemanticAnchorRegularizer(Float32Module):
         self.distance, self.detach_weights = distance, detach_weights
         self.pull_reduction = pull_reduction
         self.use_gate, self.pull_after_open = use_gate, pull_after_open
-        self.ignore_index, self.validate = ignore_index, validate
+        self.ignore_index = ignore_index
+        self.validate = _validate_mode(validate)
+        self.update_state = True  # False: no gate or EMA update (see no_anchor_update)
+        self._value_checks_done = 0
 
         anchors = make_anchors(anchor_init, num_classes, feat_dim, anchor_seed)
         self.register_buffer("anchors", anchors)
-        self.projector = build_projector(feat_dim)
+        self.projector = build_projector(feat_dim, projector_init)
         self.register_buffer("semantic_anchors", torch.zeros(num_classes, feat_dim))
         self.register_buffer("gate_opened", torch.zeros((), dtype=torch.bool))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
@@ -227,7 +260,7 @@ class SemanticAnchorRegularizer(Float32Module):
         self, features: torch.Tensor, labels: torch.Tensor, classifier: Classifier
     ) -> dict[str, torch.Tensor]:
         labels = labels_at_feature_resolution(features, labels, self.feat_dim)
-        if self.validate:
+        if self._value_checks_due():
             self._check_values(features, labels)
 
         # the anchor branch is tiny and drives a hard gate: keep it in float32 under autocast
@@ -237,7 +270,7 @@ class SemanticAnchorRegularizer(Float32Module):
             anchor_ce, per_anchor_ce, correct = self._anchor_cross_entropy(logits)
 
         passed = self._gate(per_anchor_ce, correct)
-        if self.training:
+        if self.training and self.update_state:
             self._update_semantic_anchors(projected.detach(), passed)
         pull_on = self.gate_opened if self.pull_after_open else passed & self.gate_opened
         pull = self.trade_off * torch.where(pull_on, self._pull(features, labels), 0.0)
@@ -268,7 +301,7 @@ class SemanticAnchorRegularizer(Float32Module):
             logits = _run_in_dtype(classifier, projected)
         else:
             logits = classifier(projected)
-        logits = logits.to(projected.dtype)  # a callable may answer in its own dtype
+        logits = _as(logits, projected.dtype)  # a callable may answer in its own dtype
         if logits.shape != (self.num_classes, self.num_classes):
             raise ValueError(
                 f"the classifier must map (C, D) = {tuple(projected.shape)} anchors to"
@@ -348,27 +381,23 @@ class SemanticAnchorRegularizer(Float32Module):
 
     @torch.no_grad()
     def _update_semantic_anchors(self, projected: torch.Tensor, passed: torch.Tensor) -> None:
-        """First passing step copies the projected anchors; later ones blend them in (EMA)."""
-        first = passed & ~self.gate_opened
+        """First passing step copies the projected anchors; later ones blend them in (EMA).
+        Two ``where``s on the device, no branch on the gate's value (no host sync)."""
         blended = self.momentum * self.semantic_anchors + (1.0 - self.momentum) * projected
-        updated = torch.where(first, projected, blended)
+        updated = torch.where(self.gate_opened, blended, projected)
         self.semantic_anchors.copy_(torch.where(passed, updated, self.semantic_anchors))
         self.gate_opened |= passed
-        self.num_updates += passed.long()
+        self.num_updates += passed
 
     # ---------------------------------------------------------------------------- the pull
     def _pull(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean distance of the labelled features to their (detached) semantic anchors: over
-        positions, or per class then over classes (see ``pull_reduction``)."""
+        positions, or per class then over classes (see ``pull_reduction``). The per-position
+        distances come from :func:`sar.pull.per_position_distance`, which keeps no
+        feature-sized temporary for the backward pass."""
         valid = labels != self.ignore_index
-        target = self.semantic_anchors[torch.where(valid, labels, 0)]  # (B, [H, W,] D)
-        if features.dim() == 4:
-            target = target.movedim(-1, 1)
-        features = features.to(torch.promote_types(features.dtype, torch.float32))
-        if self.distance == "mse":
-            per_position = (features - target).pow(2).mean(dim=1)
-        else:
-            per_position = 1.0 - F.cosine_similarity(features, target, dim=1)
+        per_position = per_position_distance(
+            features, self.semantic_anchors, torch.where(valid, labels, 0), self.distance)
         if self.pull_reduction == "class":
             return self._class_mean(per_position, labels, valid)
         # an all-ignore batch gives 0, not NaN
@@ -392,6 +421,15 @@ class SemanticAnchorRegularizer(Float32Module):
         return per_class.sum() / (counts > 0).sum().clamp(min=1)
 
     # -------------------------------------------------------------------------- validation
+    def _value_checks_due(self) -> bool:
+        """Whether this call runs the value checks (see ``validate``); counts the call."""
+        if self.validate == "never" or torch.compiler.is_compiling():
+            return False
+        if self.validate == "always":
+            return True
+        self._value_checks_done += 1
+        return self._value_checks_done <= VALIDATE_FIRST_CALLS
+
     def _check_values(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         check_labels(labels, self.num_classes, self.ignore_index)
         if not bool(torch.isfinite(features).all()):
@@ -399,6 +437,14 @@ class SemanticAnchorRegularizer(Float32Module):
                 "features contain NaN or Inf: the network diverged or the input has non-finite"
                 " values (check the learning rate and the data)"
             )
+
+
+def _validate_mode(validate: bool | str) -> str:
+    if validate is True or validate is False:
+        return "always" if validate else "never"
+    if validate not in VALIDATE_MODES:
+        raise ValueError(f"validate must be one of {VALIDATE_MODES} or a bool, got {validate!r}")
+    return validate
 
 
 def _run_in_dtype(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -410,8 +456,7 @@ def _run_in_dtype(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     if type(module) in (nn.Linear, nn.Conv2d):
         # weights read as attributes: a DataParallel replica holds them as plain attributes,
         # so named_parameters() would not see them
-        weight = module.weight.to(inputs.dtype)
-        bias = None if module.bias is None else module.bias.to(inputs.dtype)
+        weight, bias = _as(module.weight, inputs.dtype), _as(module.bias, inputs.dtype)
         if isinstance(module, nn.Linear):
             return F.linear(inputs, weight, bias)
         return module._conv_forward(inputs, weight, bias)  # Conv2d.forward, given weights
@@ -419,3 +464,41 @@ def _run_in_dtype(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     cast = {name: t.to(inputs.dtype) for name, t in tensors
             if t.is_floating_point() and t.dtype != inputs.dtype}
     return functional_call(module, cast, (inputs,)) if cast else module(inputs)
+
+
+def _as(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``tensor`` in ``dtype``, without an op where it already is (each op is a launch)."""
+    return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+@contextmanager
+def no_anchor_update(model: nn.Module) -> Iterator[None]:
+    """Within this block the SAR regularisers in ``model`` do not advance their gate and EMA.
+
+    For gradient accumulation (and two-pass optimisers such as SAM), where several forward
+    calls make one optimiser step. The projected anchors, and so the gate, are identical in
+    all of them (the projector has not changed and its BatchNorm normalises over the same C
+    anchors), but each training call would blend them into the EMA again: with 4 micro-batches
+    a momentum of 0.9 would act as 0.9 ** 4 = 0.656. The authors' code updates once per
+    iteration; so update on the first micro-batch of each step and run the others here::
+
+        for i, (x, y) in enumerate(micro_batches):
+            with no_anchor_update(model) if i else nullcontext():
+                logits, losses = model(x, y)
+                ((criterion(logits, y) + losses["loss"]) / len(micro_batches)).backward()
+        optimizer.step()
+
+    The pull and the anchor CE still run (and still use the semantic anchors of this step's
+    update). :func:`sar.train.fit` does this with ``accumulate=``. Other regularisers (the
+    prototype EMA of class means, center loss) learn from each batch's features and keep
+    updating on every call.
+    """
+    regularizers = [m for m in model.modules() if isinstance(m, SemanticAnchorRegularizer)]
+    before = [reg.update_state for reg in regularizers]
+    for reg in regularizers:
+        reg.update_state = False
+    try:
+        yield
+    finally:
+        for reg, state in zip(regularizers, before, strict=True):
+            reg.update_state = state

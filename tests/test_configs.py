@@ -103,6 +103,7 @@ def test_config_holds_the_authors_recipe(config: str) -> None:
     assert (cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay) == (batch, lr, wd)
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.schedule) == ("sgd", 0.9, "poly")
     assert cfg.train.warmup_steps == 0 and cfg.sar == AUTHORS_SAR
+    assert cfg.train.ce_mean_over == "all"  # mmseg 0.29's CE: the mean over every pixel
     arch, encoder = MODELS[config.removeprefix(f"{name}_").removesuffix(".json")]
     assert (cfg.model.arch, cfg.model.encoder) == (arch, encoder)
     assert cfg.model.encoder_weights == "imagenet" and cfg.output_dir == f"runs/{config[:-5]}"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pandas as pd
 import pytest
 import torch
 
+from sar import SmallCNN
 from sar.data import scene_class_probs
 from sar.experiments import (
     ABLATIONS,
+    EXPERIMENTS,
     LONGTAIL_METHODS,
+    RESULTS_DIR,
     SMOKE_CLASSIFICATION,
     TUNING,
     Run,
@@ -24,6 +28,7 @@ from sar.experiments import (
     method_name,
     paired_gap,
     paired_gap_table,
+    render_all,
     results_or_reduced_grid,
     scene_shot_groups,
     with_tuned_options,
@@ -67,13 +72,21 @@ def test_render_writes_a_table_with_mean_and_std(longtail_csv):
     assert (longtail_csv.parent / "figures" / "longtail_accuracy.png").exists()
 
 
-def test_render_fills_the_readme_block_and_keeps_the_rest(longtail_csv, tmp_path):
-    readme = tmp_path / "README.md"
+def test_render_fills_the_block_of_each_document_that_holds_it_and_keeps_the_rest(
+        longtail_csv, tmp_path):
+    readme, results, other = (tmp_path / name for name in ("README.md", "results.md", "x.md"))
     readme.write_text("intro\n<!-- results:longtail -->\nold\n<!-- /results:longtail -->\nend\n")
-    main(["render", "longtail", "--out", str(longtail_csv.parent), "--readme", str(readme)])
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("<!-- /results:longtail -->\nend\n")
-    assert "old" not in text and "| method | if=1 | if=10 |" in text
+    results.write_text(readme.read_text().replace("intro", "detail"))
+    other.write_text("no block here\n")
+    main(["render", "longtail", "--out", str(longtail_csv.parent),
+          "--into", str(readme), str(results), str(other)])
+    for document, first in ((readme, "intro\n"), (results, "detail\n")):
+        text = document.read_text()
+        assert text.startswith(first) and text.endswith("<!-- /results:longtail -->\nend\n")
+        assert "old" not in text and "| method | if=1 | if=10 |" in text
+    assert other.read_text() == "no block here\n"
+    with pytest.raises(ValueError, match="has a <!-- results:longtail --> ... <!-- /results"):
+        main(["render", "longtail", "--out", str(longtail_csv.parent), "--into", str(other)])
 
 
 def test_markdown_table_bolds_the_best_mean_of_each_column():
@@ -268,3 +281,48 @@ def test_per_class_iou_table_orders_classes_head_to_tail_and_averages_seeds():
     assert list(table.columns[-3:]) == ["Pullover", "Shirt", "Bag"]
     assert table.loc[0, "Coat"] == pytest.approx(5.5)  # class 4 is mask id 5: (5 + 6) / 2
     assert len(table) == 2
+
+
+def test_every_generated_block_of_the_readme_and_docs_is_in_sync_with_results(tmp_path,
+                                                                              capsys):
+    # what `render all --into README.md docs/*.md` would write changes nothing in the repo
+    root = RESULTS_DIR.parent
+    documents = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for csv in RESULTS_DIR.glob("*.csv"):
+        shutil.copy(csv, tmp_path)
+    copies = []
+    for document in documents:
+        copies.append(tmp_path / "documents" / document.relative_to(root))
+        copies[-1].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(document, copies[-1])
+    render_all(tmp_path, [0, 1, 2], copies, figures=False)
+    assert "rendered longtail" in capsys.readouterr().out
+    blocks = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
+    held = set()
+    for document, copy in zip(documents, copies, strict=True):
+        found = {m.group(1): m.group(0) for m in blocks.finditer(document.read_text())}
+        rendered = {m.group(1): m.group(0) for m in blocks.finditer(copy.read_text())}
+        for name, block in found.items():
+            assert block == rendered[name], (
+                f"{document.name}'s {name} block is stale: python -m sar.experiments render all"
+                " --into README.md docs/results.md docs/cost.md")
+        held |= set(found)
+    assert {"headline", "status", *EXPERIMENTS} <= held
+
+def test_grid_runs_build_sar_with_the_projector_init_of_the_committed_rows():
+    from sar import methods
+    from sar.experiments.runs import GRID_PROJECTOR_INIT, build_method
+
+    assert GRID_PROJECTOR_INIT == "torch"
+    for name in methods.SAR_METHODS:
+        torch.manual_seed(0)
+        grid, _ = build_method(name, SmallCNN(4), counts=[5, 4, 3, 2])
+        torch.manual_seed(0)
+        pinned, _ = methods.build(name, SmallCNN(4), counts=[5, 4, 3, 2], projector_init="torch")
+        torch.manual_seed(0)
+        default, _ = methods.build(name, SmallCNN(4), counts=[5, 4, 3, 2])
+        third = "regularizer.projector.6.weight"
+        assert torch.equal(grid.state_dict()[third], pinned.state_dict()[third]), name
+        assert not torch.equal(grid.state_dict()[third], default.state_dict()[third]), name
+    torch.manual_seed(0)
+    build_method("prototype", SmallCNN(4))  # no SAR options for other regularisers

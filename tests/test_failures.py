@@ -228,8 +228,10 @@ def test_a_checkpoint_loads_into_the_bare_model(tmp_path: Path) -> None:
         assert torch.equal(bare.eval()(x), model.eval()(x))
     for state in (payload, payload["model"], model.state_dict()):
         assert bare_state_dict(state).keys() == model.bare_state_dict().keys()
-    with pytest.raises(ValueError, match=r"no 'model\.' entries: this is not the state of a"
-                       r" RegularizedModel"):
+    with pytest.raises(ValueError, match=r"not the state of a RegularizedModel \(SARClassifier,"
+                       r" SARSegmentationModel\), whose entries are model\.\* and regularizer"
+                       r"\.\*: its top-level names are \['decoder', 'encoder',"
+                       r" 'segmentation_head'\]\. A bare model's own state_dict loads as it is"):
         bare_state_dict(bare.state_dict())
 
 

@@ -1,8 +1,11 @@
-"""The package's architecture holds: layers import downward only, ``import sar`` stays light."""
+"""The package's architecture holds: layers import downward only, ``import sar`` stays light;
+and what the README and docs/package.md say about the layout is true."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +104,81 @@ def test_every_notebook_starts_with_the_same_install_cell_then_the_setup_cell():
     assert (PACKAGE.parent / "scripts" / "ensure_sar.py").is_file()
     for name, (_, setup) in firsts.items():
         assert "setup_notebook(SEED)" in setup, f"{name}: the setup cell is not second"
+
+
+# ------------------------------------------------ the front page and the docs tell the truth
+ROOT = PACKAGE.parent
+README = ROOT / "README.md"
+
+
+def markdown_table(text: str, header: str) -> list[list[str]]:
+    """The rows (cells stripped) of the markdown table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_the_package_map_names_every_module_of_sar():
+    rows = {name.strip("`"): text for name, text in
+            markdown_table((ROOT / "docs" / "package.md").read_text(), "| module |")}
+    top = {f"sar.{p.stem}" for p in PACKAGE.glob("*.py") if not p.stem.startswith("_")}
+    top |= {f"sar.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert set(rows) == top, {"not in the map": top - set(rows), "no such module": set(rows) - top}
+    for package in (p.parent for p in PACKAGE.glob("*/__init__.py")):
+        modules = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+        unnamed = {m for m in modules if f"`{m}`" not in rows[f"sar.{package.name}"]}
+        assert not unnamed, f"the package map's sar.{package.name} row misses {sorted(unnamed)}"
+
+
+def _notebook_rows(text: str, header: str) -> list[tuple[str, str, list[str]]]:
+    """(file name, title, other cells) of each row of a notebooks table."""
+    found = []
+    for number, link, *rest in markdown_table(text, header):
+        title, target = re.fullmatch(r"\[(.+)\]\((.+)\)", link).groups()
+        assert Path(target).name.startswith(f"{number}_"), (number, target)
+        found.append((Path(target).name, title, rest))
+    return found
+
+
+def _first_duration(cell: str) -> str:
+    return re.search(r"\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)? (?:s|min)\b", cell).group(0)
+
+
+def test_the_readme_lists_every_notebook_in_order_with_the_times_notebooks_readme_gives():
+    front = _notebook_rows(README.read_text(), "| # | notebook |")
+    detail = _notebook_rows((ROOT / "notebooks" / "README.md").read_text(), "| # | notebook |")
+    files = [p.name for p in NOTEBOOKS]
+    assert [name for name, _, _ in front] == files == [name for name, _, _ in detail]
+    for (name, title, (_, times)), (_, detail_title, (_, smoke, full)) in zip(
+            front, detail, strict=True):
+        assert title == detail_title, name
+        # the front page gives the first time of each column: "31 s (smoke 14 s)"
+        expected = f"{_first_duration(full)} (smoke {_first_duration(smoke)})"
+        assert times == expected, f"{name}: README says {times!r}, notebooks/README {expected!r}"
+    for target in re.findall(r"\]\((notebooks/[^)]+\.ipynb)\)", README.read_text()):
+        assert (ROOT / target).is_file(), target
+
+
+def test_the_readmes_commands_and_links_name_things_that_exist():
+    text = README.read_text()
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for target in re.findall(r"\bmake ([\w-]+)", text):
+        assert target in targets, f"README runs `make {target}`, which the Makefile lacks"
+    for module, arguments in re.findall(r"python -m ([\w.]+)((?: [\w./-]+)*)", text):
+        assert importlib.util.find_spec(module) is not None, module
+        if module == "sar.experiments":
+            from sar.experiments import cli
+
+            action, *rest = arguments.split()
+            assert action in (*cli.EXPERIMENTS, "render", "merge", "status"), action
+            if action == "render":
+                assert rest[0] in (*cli.EXPERIMENTS, *cli.RENDER_ONLY), rest[0]
+                documents = rest[rest.index("--into") + 1:] if "--into" in rest else []
+                assert all((ROOT / d).is_file() for d in documents), documents
+    for target in re.findall(r"\]\((?!https?:)([^)#]+)(?:#[^)]*)?\)", text):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"

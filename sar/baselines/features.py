@@ -53,7 +53,13 @@ class NoRegularizer(nn.Module):
     """Adds nothing: plain cross-entropy through the same wrapper (features stay tappable).
 
     Returns ``{"loss": 0}`` (a float32 0-dim tensor on the features' device) on every call.
+    ``ignore_index`` (default ``None``: no opinion) only tells :func:`sar.train.fit` and
+    ``evaluate`` which label the void positions carry, as a regulariser's does.
     """
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
 
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor, classifier: object = None

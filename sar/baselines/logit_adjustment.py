@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..labels import zero_without_labels
+
 
 class LogitAdjustedCrossEntropy(nn.Module):
     """Cross-entropy on ``logits + tau * log(prior)`` (Menon et al., 2021), for training only.
@@ -18,6 +20,8 @@ class LogitAdjustedCrossEntropy(nn.Module):
     Args:
         class_counts: training samples per class, ``(C,)``.
         tau: strength of the adjustment (1.0 in the paper).
+        ignore_index: label value that adds no loss (as ``nn.CrossEntropyLoss``'s). A batch
+            with only ignored labels gives 0, not NaN (as ``sar.train.fit``'s default loss).
     """
 
     def __init__(
@@ -32,4 +36,5 @@ class LogitAdjustedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         shift = self.log_prior.view(1, -1, *([1] * (logits.dim() - 2)))
-        return F.cross_entropy(logits + self.tau * shift, labels, ignore_index=self.ignore_index)
+        loss = F.cross_entropy(logits + self.tau * shift, labels, ignore_index=self.ignore_index)
+        return zero_without_labels(loss, labels, self.ignore_index)

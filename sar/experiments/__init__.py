@@ -6,13 +6,14 @@
     python -m sar.experiments segmentation_pretrained  # needs `python -m sar.pretrain` first
     python -m sar.experiments overhead
     python -m sar.experiments render longtail       # figures + a markdown table from the CSV
+    python -m sar.experiments render all --into README.md docs/results.md docs/cost.md
 
 Each run is identified by (experiment, method, setting, seed); a row already in the CSV is
 skipped, so a long grid can be run over several sittings. Rows carry the hardware, the wall
-time and the git commit, so every number in the README and notebook 04 traces back here.
+time and the git commit, so every number in the README, docs/ and notebook 04 traces back here.
 """
 
-from .cli import main
+from .cli import main, render_all
 from .grids import (
     ABLATIONS,
     EXPERIMENTS,
@@ -40,8 +41,18 @@ from .grids import (
     setups,
     tuning_grid,
 )
+from .headline import (
+    HEADLINE_GAPS,
+    HeadlineGap,
+    headline_differences,
+    headline_table,
+    plot_findings,
+    render_headline,
+)
 from .report import (
     chosen_settings,
+    draw_figures,
+    fill_block,
     markdown_table,
     paired_differences,
     paired_gap,
@@ -51,8 +62,9 @@ from .report import (
     plot_paired_differences,
     plot_segmentation_shot_groups,
     render,
+    save_figure,
     summarise,
-    update_readme,
+    summary_markdown,
 )
 from .runner import grid_status, results_or_reduced_grid, run_grid, with_tuned_options
 from .runs import (
@@ -86,6 +98,8 @@ from .store import (
 
 __all__ = [
     "ABLATIONS",
+    "HEADLINE_GAPS",
+    "HeadlineGap",
     "ClassificationSetup",
     "EXPERIMENTS",
     "KEY",
@@ -112,6 +126,8 @@ __all__ = [
     "append_rows",
     "build_scene_model",
     "cached_scene_run",
+    "draw_figures",
+    "fill_block",
     "chosen_settings",
     "encoder_record",
     "encoder_weights_path",
@@ -120,6 +136,8 @@ __all__ = [
     "grid_runs",
     "grid_status",
     "hardware",
+    "headline_differences",
+    "headline_table",
     "keys_by_row",
     "load_longtail_data",
     "load_results",
@@ -134,21 +152,25 @@ __all__ = [
     "paired_gap_table",
     "per_class_iou_table",
     "plot_ablation",
+    "plot_findings",
     "plot_paired_differences",
     "plot_segmentation_shot_groups",
     "render",
+    "render_all",
+    "render_headline",
     "results_or_reduced_grid",
     "run_classification",
     "run_grid",
     "run_segmentation",
+    "save_figure",
     "scene_pixel_counts",
     "scene_shot_groups",
     "segmentation_grid",
     "segmentation_setup",
     "setups",
     "summarise",
+    "summary_markdown",
     "train_on_scenes",
     "tuning_grid",
-    "update_readme",
     "with_tuned_options",
 ]

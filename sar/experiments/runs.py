@@ -49,6 +49,20 @@ def load_longtail_data(setup: ClassificationSetup, factor: float) -> LongTailDat
     return LongTailData(train, test, val, tail.counts, groups, source)
 
 
+# Every committed grid row was trained with PyTorch's default init of SAR's projector, the
+# library's default until it took the authors' init (SemanticAnchorRegularizer's
+# projector_init); the grids keep it, so their rows rerun as committed.
+GRID_PROJECTOR_INIT = "torch"
+
+
+def build_method(name: str, net: torch.nn.Module, **options: Any
+                 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """:func:`sar.methods.build` with the grids' projector init for the SAR methods."""
+    if name in methods.SAR_METHODS:
+        options.setdefault("projector_init", GRID_PROJECTOR_INIT)
+    return methods.build(name, net, **options)
+
+
 def method_name(run: Run) -> str:
     """The :mod:`sar.methods` name a run trains with: ``options["method"]`` (else the row's
     method); the ablation's ``loss`` option swaps the cross-entropy for the logit-adjusted one."""
@@ -70,7 +84,7 @@ def run_classification(run: Run, setup: ClassificationSetup, device: torch.devic
     generator = seed_everything(run.seed)
     net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
     options = run.options.get("method_options", {})
-    model, criterion = methods.build(method_name(run), net, counts=lt.counts, **options)
+    model, criterion = build_method(method_name(run), net, counts=lt.counts, **options)
     loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
@@ -171,7 +185,7 @@ def build_scene_model(method: str, arch: str, setup: SegmentationSetup,
     their prior from ``train``'s pixel counts. Returns ``(wrapped model, criterion)``."""
     net = build_smp_model(arch, setup.encoder, len(sar_data.SCENE_CLASSES),
                           train.images.shape[1], encoder_weights=encoder_weights_path(setup))
-    return methods.build(method, net, counts=scene_pixel_counts(train), **options)
+    return build_method(method, net, counts=scene_pixel_counts(train), **options)
 
 
 def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,

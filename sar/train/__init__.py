@@ -18,8 +18,9 @@ rank's RNG state). :func:`main` is the command-line entry point, for one process
 
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .cli import RunResult, main, run
+from .criterion import CE_MEAN_OVER, IgnoreSafeCrossEntropy
 from .evaluation import TASKS, collect_features, evaluate, gate_opened_step
-from .loop import IgnoreSafeCrossEntropy, fit
+from .loop import fit
 from .optim import OPTIMIZERS, POLY_POWER, SCHEDULES, lr_factor
 from .run_config import (
     AMP_DTYPES,
@@ -35,6 +36,7 @@ from .run_config import (
 
 __all__ = [
     "AMP_DTYPES",
+    "CE_MEAN_OVER",
     "CHECKPOINT_VERSION",
     "DATASETS",
     "DataConfig",

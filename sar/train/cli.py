@@ -88,7 +88,7 @@ def run(config: RunConfig, env: DistEnv | None = None) -> RunResult:
                   weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                   warmup_steps=cfg.warmup_steps, ignore_index=config.data.ignore_index,
                   device=env.device, amp=_amp_option(cfg.amp), checkpoint=out / "checkpoint.pt",
-                  resume=cfg.resume, log_every=cfg.log_every,
+                  resume=cfg.resume, log_every=cfg.log_every, ce_mean_over=cfg.ce_mean_over,
                   on_epoch_end=_epoch_reporter(cfg.epochs))
     _check_regularizer_in_sync(model)
     metrics = None

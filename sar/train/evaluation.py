@@ -15,6 +15,7 @@ from .. import metrics
 from ..config import default_device
 from ..distributed import unwrap
 from ..labels import AUTO, class_labels, resolve_ignore_index
+from .modes import modes_kept
 
 TASKS = ("classification", "segmentation")
 
@@ -40,14 +41,11 @@ def _batch(batch: Any, device: torch.device,
 # ------------------------------------------------------------------------------ evaluation
 @contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:
-    """``eval()`` + ``no_grad`` for the block, then the previous train/eval mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+    """``eval()`` + ``no_grad`` for the block, then every submodule's previous mode again (a
+    frozen BatchNorm in eval inside a training model stays in eval)."""
+    with modes_kept(model), torch.no_grad():
+        model.eval()
+        yield
 
 
 def _features_and_logits(
@@ -187,10 +185,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``model`` on ``(inputs, labels)`` batches, in eval mode and without gradients.
 
-    The model moves to ``device`` (default :func:`sar.config.default_device`); its previous
-    train/eval mode is restored afterwards. Labels equal to ``ignore_index`` are skipped:
-    ``"auto"`` takes the wrapped regulariser's (255 for a model without one), ``None`` skips
-    nothing. Labels are integer ``(B,)``, ``(B, H, W)`` or ``(B, 1, H, W)``.
+    The model moves to ``device`` (default :func:`sar.config.default_device`); the previous
+    train/eval mode of each of its modules is restored afterwards. Labels equal to
+    ``ignore_index`` are skipped: ``"auto"`` takes the wrapped regulariser's (255 for a model
+    without one), ``None`` skips nothing. Labels are integer ``(B,)``, ``(B, H, W)`` or
+    ``(B, 1, H, W)``.
 
     Returns:
         classification: ``accuracy``, ``per_class_accuracy`` (list of C, NaN for absent

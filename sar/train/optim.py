@@ -57,9 +57,12 @@ def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dt
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _total_steps(loader: Iterable, epochs: int, max_steps: int | None) -> int:
+def _total_steps(loader: Iterable, epochs: int, max_steps: int | None,
+                 accumulate: int = 1) -> int:
+    """Optimiser steps of a run: ``epochs`` of ``ceil(len(loader) / accumulate)``, at most
+    ``max_steps``."""
     try:
-        planned = epochs * len(loader)  # type: ignore[arg-type]
+        planned = epochs * -(-len(loader) // accumulate)  # type: ignore[arg-type]
     except TypeError:
         if max_steps is None:
             raise TypeError("the loader has no len(); pass max_steps") from None

@@ -16,6 +16,7 @@ from torch import nn
 from .. import distributed
 from ..models import SARSegmentationModel, build_smp_model
 from .checkpoint import PathLike
+from .criterion import CE_MEAN_OVER
 
 # ------------------------------------------------------------------------- the entry point
 BENCHMARKS = ("cityscapes", "ade20k", "pascal_context")
@@ -110,7 +111,11 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: ``batch_size`` is per rank (global batch = ranks x batch_size) and
     ``lr`` is used as given, whatever the number of ranks. ``amp``: ``null`` (bf16 on a GPU
-    that has it, else fp16), ``true``, ``false``, ``"bf16"`` or ``"fp16"``; CUDA only."""
+    that has it, else fp16), ``true``, ``false``, ``"bf16"`` or ``"fp16"``; CUDA only.
+    ``ce_mean_over``: the cross-entropy's mean over the ``"labelled"`` pixels (PyTorch's, the
+    default) or over ``"all"`` pixels, void ones included (mmsegmentation 0.29's, the SAR
+    authors' task loss: the paper configs use it); see :class:`sar.train.IgnoreSafeCrossEntropy`.
+    """
 
     epochs: int = 1
     batch_size: int = 8
@@ -127,8 +132,12 @@ class TrainConfig:
     device: str | None = None
     resume: bool = True
     eval_batch_size: int | None = None
+    ce_mean_over: str = "labelled"
 
     def __post_init__(self) -> None:
+        if self.ce_mean_over not in CE_MEAN_OVER:
+            raise ValueError(f"train.ce_mean_over must be one of {list(CE_MEAN_OVER)}, got"
+                             f" {self.ce_mean_over!r}")
         if isinstance(self.amp, str) and self.amp not in AMP_DTYPES:
             raise ValueError(f"train.amp must be null, true, false or one of {list(AMP_DTYPES)},"
                              f" got {self.amp!r}")
