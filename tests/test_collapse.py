@@ -52,6 +52,19 @@ def test_the_wide_projector_keeps_ten_anchors_apart_in_two_dimensions():
     assert (rectified(anchors) >= 0).all()
     with pytest.raises(ValueError, match=">= 1"):
         wide_projector(2, hidden=0)
+    with pytest.raises(ValueError, match="init"):
+        wide_projector(2, init="xavier")
+
+
+def test_the_wide_projector_starts_its_last_linear_as_the_authors_projector_does():
+    torch.manual_seed(0)
+    authors = [m for m in wide_projector(64, hidden=256) if isinstance(m, nn.Linear)][-1]
+    torch.manual_seed(0)
+    plain = [m for m in wide_projector(64, hidden=256, init="torch")
+             if isinstance(m, nn.Linear)][-1]
+    # Kaiming-normal fan-out with ReLU gain: std sqrt(2 / fan_out) = sqrt(2 / 64)
+    assert authors.weight.std().item() == pytest.approx((2 / 64) ** 0.5, rel=0.05)
+    assert plain.weight.std().item() == pytest.approx((1 / (3 * 256)) ** 0.5, rel=0.05)
 
 
 def test_build_run_starts_every_method_from_the_same_weights_and_widens_only_sar():

@@ -35,6 +35,7 @@ from .. import methods
 from ..config import seed_everything
 from ..metrics import RepresentationTracker
 from ..models import RegularizedModel, SmallCNN
+from ..regularizer import PROJECTOR_INITS
 from ..train import fit
 
 RunKey = tuple[str, int]
@@ -54,25 +55,32 @@ def collapse_network(num_classes: int = 10, in_channels: int = 1, feat_dim: int 
     return net
 
 
-def wide_projector(feat_dim: int, hidden: int = 64, final_relu: bool = False) -> nn.Sequential:
+def wide_projector(feat_dim: int, hidden: int = 64, final_relu: bool = False,
+                   init: str = "authors") -> nn.Sequential:
     """SAR's three-block projector ``(C, D) -> (C, D)`` with ``hidden``-wide inner blocks.
 
     ``Linear(D, h), BN, ReLU, Linear(h, h), BN, ReLU, Linear(h, D, no bias), BN`` and, with
     ``final_relu``, a last ReLU (the original ends in one, to meet post-ReLU features).
-    BatchNorm normalises over the C anchor rows, as in the original. PyTorch's default
-    initialisation.
+    BatchNorm normalises over the C anchor rows, as in the original. ``init`` starts the third
+    Linear as :func:`sar.regularizer.build_projector` does (``"authors"``: Kaiming-normal,
+    fan-out; ``"torch"``: PyTorch's default), the other two with PyTorch's default.
 
     Raises:
-        ValueError: ``hidden`` or ``feat_dim`` below 1.
+        ValueError: ``hidden`` or ``feat_dim`` below 1, or an unknown ``init``.
     """
     if feat_dim < 1 or hidden < 1:
         raise ValueError(f"feat_dim and hidden must be >= 1, got {feat_dim} and {hidden}")
+    if init not in PROJECTOR_INITS:
+        raise ValueError(f"init must be one of {PROJECTOR_INITS}, got {init!r}")
     widths = [(feat_dim, hidden, True), (hidden, hidden, True), (hidden, feat_dim, False)]
     layers: list[nn.Module] = []
     for index, (n_in, n_out, bias) in enumerate(widths):
         layers += [nn.Linear(n_in, n_out, bias=bias), nn.BatchNorm1d(n_out)]
         if index < 2 or final_relu:
             layers.append(nn.ReLU(inplace=True))
+    if init == "authors":
+        last = [m for m in layers if isinstance(m, nn.Linear)][-1]
+        nn.init.kaiming_normal_(last.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(*layers)
 
 
@@ -82,7 +90,8 @@ def build_run(method: str, seed: int, network: Callable[[], nn.Module],
 
     Every method built with one seed starts from identical network weights. With
     ``projector_width``, SAR's projector is replaced by :func:`wide_projector` of that width,
-    ending in a ReLU only when the network's feature does (the last layer of its ``features``
+    initialised like SAR's own (``projector_init``), ending in a ReLU only when the network's
+    feature does (the last layer of its ``features``
     stack is a ReLU; a network without such a stack is taken to be rectified, as SAR assumes).
 
     Raises:
@@ -97,7 +106,8 @@ def build_run(method: str, seed: int, network: Callable[[], nn.Module],
             raise ValueError(f"method {method!r} has no projector to widen; projector_width is"
                              " for SAR's methods")
         reg.projector = wide_projector(reg.feat_dim, projector_width,
-                                       final_relu=_feature_is_rectified(net))
+                                       final_relu=_feature_is_rectified(net),
+                                       init=options.get("projector_init", "authors"))
     return model
 
 
