@@ -15,8 +15,8 @@ why each is needed:
   feature in BatchNorm and ReLU, which in 2-D leaves ten classes one quadrant, half of whose
   points sit on an axis. Wen et al.'s 2-D feature is not rectified either.
 * :func:`wide_projector`: SAR's projector is ``D`` wide (``Linear(D, D)`` three times, each with
-  BatchNorm and ReLU). At ``D = 2`` its ReLUs send several of the ten anchors to the same point
-  (the origin), which no classifier can tell apart, so the gate never opens. The wide projector
+  BatchNorm and ReLU). At ``D = 2`` its two-unit ReLUs send several of the ten anchors to the
+  same point, where no classifier can tell them apart, so the gate never opens. The wide projector
   keeps three blocks but makes the hidden ones 64 wide, and it drops the final ReLU when the
   features it must meet are not rectified.
 """
