@@ -28,7 +28,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .baselines import NoRegularizer
-from .regularizer import VALIDATE_FIRST_CALLS
 from .models import (
     RegularizedModel,
     SARClassifier,
@@ -36,6 +35,7 @@ from .models import (
     build_classifier,
     build_smp_model,
 )
+from .regularizer import VALIDATE_FIRST_CALLS
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,8 @@ def test_background_is_black_in_masks_and_in_embeddings() -> None:
     background = to_rgb(plots.BACKGROUND_RGB)
     assert tuple(mask_rgb) == background == to_rgb(legend_bg.get_facecolor())
     assert to_rgb(scatter.get_facecolor()[0]) == background
-    assert to_rgb(ax.collections[1].get_facecolor()[0]) == to_rgb(plots.class_palette(3)[1])
+    # T-shirt/top keeps the colour of its name, label 1 here as label 0 in classification
+    assert to_rgb(ax.collections[1].get_facecolor()[0]) == plots.CLASS_COLORS["t-shirt/top"]
     # without the name, index 0 keeps its class colour (classification: T-shirt/top)
     plain = plots.plot_embedding(features, labels)
     assert to_rgb(plain.collections[0].get_facecolor()[0]) == to_rgb(plots.class_palette(3)[0])
@@ -279,3 +280,50 @@ def test_setup_notebook_styles_seeds_and_says_what_it_runs_on(capsys, monkeypatc
                                        "smoke mode True\n")
     setup_notebook(7, verbose=False)
     assert torch.equal(torch.rand(3), first) and capsys.readouterr().out == ""
+
+
+def test_a_class_has_the_colour_of_its_name_in_classification_and_segmentation() -> None:
+    from sar.data import FASHION_MNIST_CLASSES
+
+    classification = plots.class_palette(10, class_names=FASHION_MNIST_CLASSES)
+    scenes = plots.class_palette(11, background_index=0, class_names=SCENE_CLASSES)
+    assert scenes[0] == plots.BACKGROUND_RGB
+    assert scenes[1:] == classification  # Trouser: label 1 there, label 2 here, one colour
+    assert classification == plots.class_palette(10)  # the classification colours stay
+    # a mask and its legend use the names too
+    mask = np.array([[0, 2], [2, 9]])
+    fig = plots.plot_segmentation_overlay(np.zeros((2, 2)), mask, num_classes=11,
+                                          class_names=SCENE_CLASSES)
+    trouser = to_rgb(plots.CLASS_COLORS["trouser"])
+    assert tuple(fig.axes[1].images[0].get_array()[0, 1]) == trouser
+    legend = {t.get_text(): to_rgb(h.get_facecolor())
+              for h, t in zip(fig.legends[0].legend_handles, fig.legends[0].texts, strict=True)}
+    assert legend["Trouser"] == trouser
+    comparison = plots.plot_segmentation_comparison(np.zeros((1, 2, 2)), mask[None],
+                                                    {"SAR": mask[None]}, num_classes=11,
+                                                    class_names=SCENE_CLASSES)
+    assert tuple(comparison.axes[2].images[0].get_array()[0, 1]) == trouser
+    # names it does not know take colours that no known name in the set holds
+    mixed = plots.class_palette(3, class_names=["Bag", "my class", "trouser"])
+    assert mixed[0] == plots.CLASS_COLORS["bag"] and mixed[2] == trouser
+    assert mixed[1] not in (mixed[0], mixed[2])
+    assert plots.class_palette(3, class_names=["a", "b", "c"]) == plots.class_palette(3)
+
+
+def test_loss_terms_have_fixed_colours_that_no_method_uses() -> None:
+    assert not set(plots.TERM_COLORS.values()) & set(plots.METHOD_COLORS.values())
+    assert len(set(plots.TERM_COLORS.values())) == len(plots.TERM_COLORS)
+    history = pd.DataFrame({"step": range(5), "task_loss": 1.0, "anchor_ce": 2.0, "pull": 0.1,
+                            "my_metric": 0.5})
+    first = plots.plot_training_curves(history, ["task_loss", "anchor_ce", "pull"])
+    second = plots.plot_training_curves(history, ["pull", "my_metric", "anchor_ce"])
+    colours = {line.get_label(): to_rgb(line.get_color()) for line in first.get_lines()}
+    assert colours == {"task CE": plots.TERM_COLORS["task_loss"],
+                       "anchor CE": plots.TERM_COLORS["anchor_ce"],
+                       "pull": plots.TERM_COLORS["pull"]}
+    again = {line.get_label(): to_rgb(line.get_color()) for line in second.get_lines()}
+    assert again["pull"] == colours["pull"] and again["anchor CE"] == colours["anchor CE"]
+    other = again["my_metric"]
+    assert other not in set(plots.METHOD_COLORS.values()) | set(plots.TERM_COLORS.values())
+    assert plots.series_colors(["CE run", "pull"]) == [plots.METHOD_COLORS["ce"],
+                                                      plots.TERM_COLORS["pull"]]

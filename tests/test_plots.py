@@ -500,3 +500,59 @@ def test_per_class_seed_lines_run_head_to_tail_with_mean_and_std_over_seeds():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b\n(50)", "c\n(20)", "a\n(5)"]
     with pytest.raises(ValueError, match="2 classes"):
         plot_per_class_seeds({"sar": np.zeros((2, 2))}, counts)
+
+
+def test_plot_features_2d_draws_features_as_they_are_with_stars_and_says_what_it_leaves_out():
+    from matplotlib.colors import to_rgb
+
+    from sar.plots import class_palette, plot_features_2d
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    labels = torch.arange(300) % 3
+    features = targets[labels] + 0.3 * torch.randn(300, 2, generator=g)
+    features[0] = torch.tensor([100.0, 100.0])  # one far outlier
+    names = ["Trouser", "Bag", "my class"]
+    ax = plot_features_2d(features, labels, targets, class_names=names, coverage=0.98)
+    palette = class_palette(3, None, names)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 300
+    for c, collection in enumerate(ax.collections):
+        assert to_rgb(collection.get_facecolor()[0]) == to_rgb(palette[c])
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert [[line.get_xdata()[0], line.get_ydata()[0]] for line in stars] == targets.tolist()
+    assert [to_rgb(line.get_color()) for line in stars] == [to_rgb(p) for p in palette]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x1 - x0 == pytest.approx(y1 - y0) and ax.get_aspect() == 1.0  # distances read true
+    assert x0 < 0 < 4 < x1 and y0 < 0 < 4 < y1 and x1 < 100  # the targets in, the outlier out
+    out = ((features[:, 0] < x0) | (features[:, 0] > x1) | (features[:, 1] < y0)
+           | (features[:, 1] > y1)).sum().item()
+    assert out >= 1
+    assert [t.get_text() for t in ax.texts] == [f"{out} of 300 points outside the view"]
+    assert not plot_features_2d(features[1:], labels[1:], targets, coverage=1.0).texts
+    with pytest.raises(ValueError, match="plot_embedding"):
+        plot_features_2d(torch.randn(5, 3), torch.arange(5) % 3)
+    plt.close("all")
+
+
+def test_plot_feature_grid_has_a_row_per_run_a_column_per_epoch_and_one_legend():
+    from sar.plots import plot_feature_grid
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(30) % 3
+    features = torch.randn(30, 2, generator=g)
+    targets = torch.randn(3, 2, generator=g)
+    fig = plot_feature_grid({"CE": {1: (features, labels, targets), 5: (features, labels, targets)},
+                             "SAR": {1: (features, labels, None), 5: (features, labels, targets)},
+                             "prototypes": {5: (features, labels, targets)}},
+                            class_names=["a", "b", "c"],
+                            target_names={"CE": "class means", "SAR": "semantic anchors"})
+    axes = fig.axes
+    assert len(axes) == 6
+    assert axes[0].get_title() == "epoch 1" and axes[1].get_title() == "epoch 5"
+    assert axes[2].get_title() == "epoch 1\n(no semantic anchors yet)"
+    assert not axes[4].axison  # prototypes have no epoch-1 panel
+    assert axes[2].get_ylabel() == "SAR\nstars: semantic anchors"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c",
+                                                                 "target (see row)"]
+    assert all(ax.get_legend() is None for ax in axes)
+    plt.close(fig)

@@ -4,12 +4,20 @@ Every function draws onto a given matplotlib ``ax`` (or creates one), returns th
 Figure for multi-panel plots) and never calls ``plt.show()``, so the same code serves
 notebooks, scripts and tests. Call :func:`use_style` once for the house style. A method keeps
 one colour across all plots through :func:`method_color` (:data:`METHOD_COLORS`), a class
-through :func:`class_palette` (a "background" class is black everywhere).
+through :func:`class_palette`, keyed by its name (a "background" class is black everywhere),
+a logged loss term through :func:`series_colors`.
 :func:`plot_sar_pipeline` draws the whole method as one diagram.
 """
 
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
-from .geometry import cosine_matrix, plot_anchor_cosines, plot_embedding, plot_target_distances
+from .geometry import (
+    cosine_matrix,
+    plot_anchor_cosines,
+    plot_embedding,
+    plot_feature_grid,
+    plot_features_2d,
+    plot_target_distances,
+)
 from .results import (
     paired_gaps,
     plot_bars,
@@ -23,12 +31,14 @@ from .results import (
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
     BACKGROUND_RGB,
+    CLASS_COLORS,
     COLUMN_LABELS,
     FIGSIZE,
     IGNORE_RGB,
     MAX_LEGEND_CLASSES,
     METHOD_COLORS,
     METHOD_LABELS,
+    TERM_COLORS,
     canonical_method,
     class_palette,
     figure_legend,
@@ -37,6 +47,7 @@ from .style import (
     method_label,
     pretty_label,
     readable_log_axis,
+    series_colors,
     tick_labels,
     use_style,
 )
@@ -49,12 +60,14 @@ from .training import (
 
 __all__ = [
     "BACKGROUND_RGB",
+    "CLASS_COLORS",
     "COLUMN_LABELS",
     "FIGSIZE",
     "IGNORE_RGB",
     "MAX_LEGEND_CLASSES",
     "METHOD_COLORS",
     "METHOD_LABELS",
+    "TERM_COLORS",
     "canonical_method",
     "class_palette",
     "colorize_mask",
@@ -69,6 +82,8 @@ __all__ = [
     "plot_anchor_probabilities",
     "plot_bars",
     "plot_embedding",
+    "plot_feature_grid",
+    "plot_features_2d",
     "plot_target_distances",
     "plot_metric_curves",
     "plot_paired_gaps",
@@ -84,6 +99,7 @@ __all__ = [
     "pretty_label",
     "readable_log_axis",
     "sar_defaults",
+    "series_colors",
     "sweep_summary",
     "tick_labels",
     "use_style",

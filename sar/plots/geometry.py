@@ -1,14 +1,25 @@
-"""Anchor geometry and feature embeddings: cosine matrices, 2-D projections with anchors."""
+"""Anchor geometry and feature pictures: cosine matrices, 2-D features and projections with
+their targets as stars."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .style import MAX_LEGEND_CLASSES, ArrayLike, _axes, _names, _numpy, class_palette
+from .style import (
+    MAX_LEGEND_CLASSES,
+    ArrayLike,
+    _axes,
+    _names,
+    _numpy,
+    class_palette,
+)
 
 
 def cosine_matrix(rows: ArrayLike) -> np.ndarray:
@@ -265,3 +276,136 @@ def plot_target_distances(
     if legend:
         ax.legend(fontsize=8, markerscale=2, loc="lower right")
     return ax
+
+
+def _square_limits(points: np.ndarray, must_show: np.ndarray | None,
+                   coverage: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Square x and y limits holding the central ``coverage`` of ``points`` and every row of
+    ``must_show``, with a 5 % margin, so that one unit is as long on both axes."""
+    tail = 50 * (1 - coverage)
+    lo, hi = np.percentile(points, tail, axis=0), np.percentile(points, 100 - tail, axis=0)
+    if must_show is not None and len(must_show):
+        lo, hi = np.minimum(lo, must_show.min(0)), np.maximum(hi, must_show.max(0))
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6) * 1.05
+    return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
+
+
+def plot_features_2d(
+    features: ArrayLike,
+    labels: ArrayLike,
+    targets: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+    coverage: float = 0.99,
+    legend: bool = True,
+    target_label: str = "target",
+) -> Axes:
+    """Two-dimensional features as they are, no projection: a dot per feature in its class's
+    colour, a star per class target (semantic anchor, prototype, class mean) in the same colour.
+
+    Both axes have the same scale, so distances read true. The square view holds every target
+    and the central ``coverage`` of the features on each axis; the number of features outside
+    it (if any) is written in the lower left corner, so nothing leaves the picture unsaid.
+
+    Args:
+        features: ``(N, 2)``; labels: ``(N,)`` integer classes; targets: ``(C, 2)`` or None.
+        class_names: legend names; colours by name (:func:`~sar.plots.style.class_palette`).
+        max_points: above this many features, a seeded random subset is drawn.
+        legend: draw the class legend (a grid of panels shares one:
+            :func:`~sar.plots.style.figure_legend`); ``target_label`` names the stars in it.
+
+    Raises:
+        ValueError: features that are not ``(N, 2)`` (project wider ones with
+            :func:`plot_embedding`), or targets that are not ``(C, 2)``.
+    """
+    xy, labs = _numpy(features).astype(np.float64), _numpy(labels).astype(np.int64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"features must be (N, 2), got {xy.shape}: draw wider features with"
+                         " plot_embedding (PCA or t-SNE)")
+    stars = None if targets is None else _numpy(targets).astype(np.float64)
+    if stars is not None and (stars.ndim != 2 or stars.shape[1] != 2):
+        raise ValueError(f"targets must be (C, 2), got {stars.shape}")
+    num_classes = max(int(labs.max()) + 1, 0 if stars is None else len(stars))
+    palette = class_palette(num_classes, None, class_names)
+    names = _names(class_names, num_classes)
+    keep = _subsample(len(xy), max_points, seed)
+    xlim, ylim = _square_limits(xy[keep], stars, coverage)
+    ax = _axes(ax)
+    for c in np.unique(labs[keep]):
+        pts = xy[keep][labs[keep] == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=5, alpha=0.5, color=palette[c], label=names[c],
+                   linewidths=0)
+    if stars is not None:
+        for c, (x, y) in enumerate(stars):
+            ax.plot(x, y, marker="*", markersize=15, linestyle="none", color=palette[c],
+                    markeredgecolor=_edge_for(palette[c]), markeredgewidth=1.0, zorder=3)
+    outside = ((xy[keep, 0] < xlim[0]) | (xy[keep, 0] > xlim[1]) | (xy[keep, 1] < ylim[0])
+               | (xy[keep, 1] > ylim[1])).sum()
+    if outside:
+        ax.text(0.02, 0.02, f"{outside} of {len(keep)} points outside the view",
+                transform=ax.transAxes, fontsize=7, color="0.3")
+    ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="feature 1 (feature units)",
+           ylabel="feature 2 (feature units)", title=title or f"{len(keep)} features")
+    if legend:
+        _embedding_legend(ax, n_classes=len(np.unique(labs[keep])),
+                          anchors=target_label if stars is not None else None)
+    return ax
+
+
+def plot_feature_grid(
+    panels: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike, ArrayLike | None]]],
+    class_names: Sequence[str] | None = None,
+    target_names: Mapping[str, str] | None = None,
+    panel_size: float = 2.9,
+    **options: Any,
+) -> Figure:
+    """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch.
+
+    Args:
+        panels: ``{row label: {epoch: (features (N, 2), labels (N,), targets (C, 2) or
+            None)}}``; rows in order, columns the sorted union of the epochs (an epoch a row
+            lacks stays empty).
+        class_names: class names, one legend for the whole figure, on the right.
+        target_names: ``{row label: what its stars are}`` (e.g. "semantic anchors"), written
+            under the row label; a panel without targets says so.
+        panel_size: width and height of one panel (inches).
+        options: passed to :func:`plot_features_2d` (``max_points``, ``coverage``, ...).
+
+    Returns:
+        The Figure; ``fig.axes`` row by row.
+    """
+    epochs = sorted({epoch for row in panels.values() for epoch in row})
+    target_names = dict(target_names or {})
+    fig, axes = plt.subplots(len(panels), len(epochs), squeeze=False,
+                             figsize=(panel_size * len(epochs) + 1.8, panel_size * len(panels)))
+    for row_axes, (label, row) in zip(axes, panels.items(), strict=True):
+        for ax, epoch in zip(row_axes, epochs, strict=True):
+            if epoch not in row:
+                ax.set_axis_off()
+                continue
+            features, labels, targets = row[epoch]
+            shown = target_names.get(label, "targets")
+            title = f"epoch {epoch}" + ("" if targets is not None else f"\n(no {shown} yet)")
+            plot_features_2d(features, labels, targets, class_names=class_names, ax=ax,
+                             title=title, legend=False, **options)
+            ax.set(xlabel="", ylabel="")
+            ax.tick_params(labelsize=7)
+        row_axes[0].set_ylabel(f"{label}\nstars: {target_names.get(label, 'targets')}",
+                               fontsize=10)
+    num_classes = max(max(int(_numpy(labels).max()) + 1, 0 if targets is None else len(targets))
+                      for row in panels.values() for _, labels, targets in row.values())
+    palette, names = class_palette(num_classes, None, class_names), _names(class_names,
+                                                                            num_classes)
+    handles = [Line2D([], [], marker="o", markersize=6, linestyle="none", color=colour)
+               for colour in palette]
+    handles.append(Line2D([], [], marker="*", markersize=12, linestyle="none", color="0.7",
+                          markeredgecolor="black"))
+    fig.legend(handles, [*names, "target (see row)"], title="class", loc="center left",
+               bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.supxlabel("feature 1 (feature units); each panel has its own scale, equal on both axes",
+                  fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -27,14 +27,17 @@ def _image_hwc(image: ArrayLike, mean: Sequence[float] | None, std: Sequence[flo
     return img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
 
 
-def colorize_mask(mask: ArrayLike, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
-    """RGB image ``(H, W, 3)`` of a label map: class colours, background (0) black, ignore
-    white. Raises ValueError for values outside ``[0, C)`` other than ``ignore_index``."""
+def colorize_mask(mask: ArrayLike, num_classes: int, ignore_index: int | None = 255,
+                  class_names: Sequence[str] | None = None) -> np.ndarray:
+    """RGB image ``(H, W, 3)`` of a label map: class colours (keyed by ``class_names`` when
+    given, see :func:`~sar.plots.style.class_palette`), background (0) black, ignore white.
+    Raises ValueError for values outside ``[0, C)`` other than ``ignore_index``."""
     m = _numpy(mask).astype(np.int64)
     ignore = m == ignore_index if ignore_index is not None else np.zeros_like(m, dtype=bool)
     if ((m[~ignore] < 0) | (m[~ignore] >= num_classes)).any():
         raise ValueError(f"mask values must lie in [0, {num_classes}) or be {ignore_index}")
-    lut = np.array([to_rgb(c) for c in class_palette(num_classes, background_index=0)])
+    palette = class_palette(num_classes, background_index=0, class_names=class_names)
+    lut = np.array([to_rgb(c) for c in palette])
     rgb = lut[np.where(ignore, 0, m)]
     rgb[ignore] = IGNORE_RGB
     return rgb
@@ -77,7 +80,8 @@ def plot_segmentation_overlay(
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0), squeeze=False)
     for ax, (name, data) in zip(axes[0], panels, strict=True):
-        rgb = data if name == "image" else colorize_mask(data, num_classes, ignore_index)
+        rgb = (data if name == "image"
+               else colorize_mask(data, num_classes, ignore_index, class_names))
         ax.imshow(rgb, cmap="gray" if rgb.ndim == 2 else None, interpolation="nearest")
         h, w = rgb.shape[:2]
         ax.set_title(f"{name}\n{h} × {w} px", fontsize=10)
@@ -85,7 +89,7 @@ def plot_segmentation_overlay(
         ax.grid(False)
     if title:  # before the legend's tight_layout, which then leaves room for it
         fig.suptitle(title)
-    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
+    _segmentation_legend(fig, maps, num_classes, names, ignore_index, class_names)
     return fig
 
 
@@ -101,9 +105,10 @@ def _pixel_accuracy(pred: np.ndarray, truth: np.ndarray, ignore_index: int) -> f
 
 
 def _segmentation_legend(
-    fig: Figure, maps: list[np.ndarray], num_classes: int, names: list[str], ignore_index: int
+    fig: Figure, maps: list[np.ndarray], num_classes: int, names: list[str], ignore_index: int,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    palette = class_palette(num_classes, background_index=0)
+    palette = class_palette(num_classes, background_index=0, class_names=class_names)
     values = np.unique(np.concatenate([m.ravel() for m in maps]))
     handles = [
         Patch(facecolor=palette[c], edgecolor="0.5", label=names[c])
@@ -166,11 +171,12 @@ def plot_segmentation_comparison(
     image_batch = _numpy(images)
     for row in range(n_rows):
         panels = [("image", _image_hwc(image_batch[row], mean, std)),
-                  ("ground truth", colorize_mask(truth[row], num_classes, ignore_index))]
+                  ("ground truth", colorize_mask(truth[row], num_classes, ignore_index,
+                                                 class_names))]
         for name, p in pred_maps.items():
             acc = _pixel_accuracy(p[row], truth[row], ignore_index)
             panels.append((f"{name}\n(pixel acc. {acc:.1f} %)",
-                           colorize_mask(p[row], num_classes, ignore_index)))
+                           colorize_mask(p[row], num_classes, ignore_index, class_names)))
         for ax, (name, data) in zip(axes[row], panels, strict=True):
             ax.imshow(data, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
             ax.set_title(name if row == 0 or "\n" in name else "", fontsize=9)
@@ -180,5 +186,5 @@ def plot_segmentation_comparison(
         axes[row, 0].set_ylabel(f"scene {row + 1}\n{h} × {w} px", fontsize=9)
     if title:  # before the legend's tight_layout, which then leaves room for it
         fig.suptitle(title)
-    _segmentation_legend(fig, maps, num_classes, names, ignore_index)
+    _segmentation_legend(fig, maps, num_classes, names, ignore_index, class_names)
     return fig

@@ -6,8 +6,13 @@ Every plotting function of :mod:`sar.plots` (and the README figures of
 * a **method** has one colour in every figure (:data:`METHOD_COLORS`, :func:`method_color`,
   :func:`level_colors`); the names the notebooks display ("CE", "SAR", "prototypes", "CE
   run") map to the same colours as the registry names (``ce``, ``sar``, ``prototype``);
-* a **class** has one colour in every figure (:func:`class_palette`); a class named
-  ``"background"`` is black in masks, embeddings and legends alike;
+* a **class** has one colour in every figure (:func:`class_palette`), keyed by its *name*
+  when names are given (:data:`CLASS_COLORS`), so Trouser is the same orange as classification
+  label 1 and as segmentation label 2; a class named ``"background"`` is black in masks,
+  embeddings and legends alike;
+* a **logged quantity** (task CE, anchor CE, pull, the gate flags, ...) has one colour that no
+  method uses (:data:`TERM_COLORS`, :func:`series_colors`), so a loss curve never looks like a
+  method;
 * raw column names become labels (:func:`pretty_label`: ``few_accuracy`` -> "few-shot
   accuracy") and log axes get plain tick labels (:func:`readable_log_axis`).
 """
@@ -24,7 +29,10 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+
+from ..data.constants import FASHION_MNIST_CLASSES
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -98,6 +106,32 @@ METHOD_ALIASES: dict[str, str] = {
 # colours for levels that are not methods, when they share a figure with methods
 _RESERVE: list[Colour] = [_TAB20[i] for i in (18, 3, 11, 13, 17, 15)]
 
+# one colour per class name (lower case), whatever the class's index in a data set: the
+# Fashion-MNIST classes take the ten dark tab20 colours in label order, as class_palette gives
+# classification labels 0-9, so a segmentation set that puts background first keeps them
+CLASS_COLORS: dict[str, Colour] = {
+    name.lower(): colour for name, colour in zip(FASHION_MNIST_CLASSES, _TAB20[0::2], strict=True)
+}
+
+# one colour per logged quantity of sar.train.fit's history (and a few the notebooks log),
+# none of them a method's colour nor a tab20 colour
+TERM_COLORS: dict[str, Colour] = {
+    name: to_rgb(hex_colour) for name, hex_colour in {
+        "task_loss": "#000000",  # black
+        "anchor_ce": "#00796b",  # teal
+        "pull": "#c2185b",  # magenta
+        "loss": "#1f2a6b",  # navy: the total
+        "reg_loss": "#4a148c",  # indigo
+        "gate_opened": "#1b5e20",  # dark green
+        "gate_passed": "#e0a800",  # gold
+        "min_anchor_prob": "#882255",  # wine
+        "anchor_accuracy": "#006064",  # dark cyan
+        "pull_on": "#e65100",  # dark orange
+        "lr": "#37474f",  # slate
+        "ema_distance": "#4e342e",  # dark brown
+    }.items()
+}
+
 # raw result columns -> axis and tick labels
 COLUMN_LABELS: dict[str, str] = {
     "accuracy": "accuracy",
@@ -121,6 +155,10 @@ COLUMN_LABELS: dict[str, str] = {
     "gate_opened": "gate opened",
     "gate_passed": "gate passed",
     "anchor_accuracy": "anchor accuracy",
+    "reg_loss": "regulariser loss",
+    "pull_on": "pull on",
+    "lr": "learning rate",
+    "ema_distance": "semantic anchors − current projection",
 }
 
 
@@ -147,23 +185,38 @@ def class_palette(num_classes: int, background_index: int | None = None,
                   class_names: Sequence[str] | None = None) -> list[tuple]:
     """One RGB colour (floats in ``[0, 1]``) per class.
 
-    Up to 20 classes: the ten dark ``tab20`` colours, then their ten light partners, so
-    class ``c`` has the same colour whatever ``num_classes`` is (and classes 0-9 match
-    ``tab10``). Beyond 20: evenly spaced ``husl`` hues. ``background_index`` (segmentation),
-    and any class whose name in ``class_names`` is ``"background"``, is painted black
-    (:data:`BACKGROUND_RGB`), as in the masks; every other class keeps its colour.
+    Without ``class_names``: up to 20 classes, the ten dark ``tab20`` colours, then their ten
+    light partners, so class ``c`` has the same colour whatever ``num_classes`` is (and classes
+    0-9 match ``tab10``); beyond 20, evenly spaced ``husl`` hues.
+
+    With ``class_names``, a class is coloured by its *name*: a name of :data:`CLASS_COLORS`
+    (case-insensitive) has that colour at any index, so Trouser is the same in a
+    classification set (label 1) and in the segmentation scenes (label 2, after background);
+    the other names take, in index order, the colours above that no named class holds.
+
+    ``background_index`` (segmentation), and any class whose name is ``"background"``, is
+    painted black (:data:`BACKGROUND_RGB`), as in the masks; every other class keeps its colour.
     """
-    if num_classes <= 20:
-        colours = (_TAB20[0::2] + _TAB20[1::2])[:num_classes]
+    names = [str(name).strip().lower() for name in (class_names or [])][:num_classes]
+    fixed = {i: CLASS_COLORS[name] for i, name in enumerate(names) if name in CLASS_COLORS}
+    if fixed:
+        taken = set(fixed.values())
+        pool = _index_colours(max(num_classes, 20))  # all of tab20 up to 20 classes
+        spare = iter([c for c in pool if c not in taken])
+        colours = [fixed[i] if i in fixed else next(spare) for i in range(num_classes)]
     else:
-        colours = [tuple(c) for c in sns.color_palette("husl", num_classes)]
+        colours = _index_colours(num_classes)
     background = {background_index} if background_index is not None else set()
-    if class_names is not None:
-        background |= {i for i, name in enumerate(class_names[:num_classes])
-                       if str(name).strip().lower() == "background"}
+    background |= {i for i, name in enumerate(names) if name == "background"}
     for index in background:
         colours[index] = BACKGROUND_RGB
     return colours
+
+
+def _index_colours(count: int) -> list[Colour]:
+    if count <= 20:
+        return (_TAB20[0::2] + _TAB20[1::2])[:count]
+    return [tuple(c) for c in sns.color_palette("husl", count)]
 
 
 def canonical_method(name: object) -> str | None:
@@ -205,6 +258,18 @@ def level_colors(levels: Iterable[object]) -> list[Colour]:
         return [tuple(c) for c in sns.color_palette("deep", len(levels))]
     spare = iter(_RESERVE + [tuple(c) for c in sns.color_palette("husl", len(levels))])
     return [method_color(level) if canonical_method(level) else next(spare) for level in levels]
+
+
+def series_colors(columns: Iterable[object]) -> list[Colour]:
+    """Colours for curves of logged columns, in order: a method (``"CE run"``) its fixed
+    colour, a logged quantity of :data:`TERM_COLORS` (``"anchor_ce"``, ``"pull"``) its fixed
+    colour, anything else a colour that neither uses (the same one for the same position)."""
+    columns = list(columns)
+    used = set(METHOD_COLORS.values()) | set(TERM_COLORS.values())
+    spare = iter([c for c in _RESERVE if c not in used]
+                 + [tuple(c) for c in sns.color_palette("husl", len(columns))])
+    return [method_color(c) if canonical_method(c) else TERM_COLORS.get(str(c)) or next(spare)
+            for c in columns]
 
 
 def method_label(name: object) -> str:

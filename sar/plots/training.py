@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -18,12 +17,12 @@ from .style import (
     _axes,
     _names,
     _numpy,
-    canonical_method,
     class_palette,
     level_colors,
     method_label,
     pretty_label,
     readable_log_axis,
+    series_colors,
 )
 
 
@@ -50,7 +49,9 @@ def plot_training_curves(
     Args:
         history: one row per logging step; columns may be sparse (NaN where not logged).
         columns: columns to draw, one line each. Columns that name methods ("CE run", "SAR
-            run") take the methods' fixed colours (:mod:`sar.plots.style`).
+            run") take the methods' fixed colours, logged quantities ("task_loss",
+            "anchor_ce", "pull", the gate flags) theirs, which no method uses
+            (:func:`~sar.plots.style.series_colors`).
         x: column for the horizontal axis (the index if absent from ``history``); integer
             values (steps, epochs) get integer ticks.
         ax: Axes to draw on.
@@ -78,14 +79,12 @@ def plot_training_curves(
     if right is not None:
         right.grid(False)
         ax.right_ax = right
-    colours = dict(zip(columns, level_colors(columns), strict=True)) if any(
-        canonical_method(c) for c in columns) else {}
+    colours = dict(zip(columns, series_colors(columns), strict=True))
     windows = dict(smooth) if isinstance(smooth, Mapping) else dict.fromkeys(columns, smooth)
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     flags = 0
-    for i, col in enumerate(columns):
+    for col in columns:
         target = right if col in secondary else ax
-        colour = colours.get(col) or cycle[i % len(cycle)]
+        colour = colours[col]
         label = pretty_label(col) + (" (right axis)" if col in secondary else "")
         data = history[[col]].assign(_x=history[x] if x in history else history.index)
         data = data.dropna().sort_values("_x")
@@ -254,7 +253,8 @@ def plot_anchor_probabilities(
     if len(xs) != len(p):
         raise ValueError(f"{len(xs)} steps for {len(p)} rows of probabilities")
     num_classes = p.shape[1]
-    names, palette = _names(class_names, num_classes), class_palette(num_classes)
+    names = _names(class_names, num_classes)
+    palette = class_palette(num_classes, class_names=class_names)
     ax = _axes(ax)
     for c in range(num_classes):
         ax.plot(xs, p[:, c], color=palette[c], linewidth=1.4, label=names[c])
