@@ -436,8 +436,9 @@ def measure_proxies(case: str | Case, device: torch.device, *, compile_backend: 
 
 
 def compare_proxies(name: str, plain: RegularizedModel, sar: RegularizedModel, x: torch.Tensor,
-                    y: torch.Tensor, *, compile_backend: str | None = None, warmup: int = VALIDATE_FIRST_CALLS,
-                    profiled: int = 1, steps: int = 1, rounds: int = 5) -> Proxies:
+                    y: torch.Tensor, *, compile_backend: str | None = None,
+                    warmup: int = VALIDATE_FIRST_CALLS, profiled: int = 1, steps: int = 1,
+                    rounds: int = 5) -> Proxies:
     """SAR's model against plain's, trained on the same batch in this process (on ``x``'s device).
 
     SAR's gate is opened first (:func:`open_gate`); each :class:`TrainStep` is warmed up
