@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from test_train import blob_images as blobs  # (n, 1, 12, 12) images, class c in quadrant c
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
@@ -50,17 +51,6 @@ def classifier(seed: int = 0) -> SARClassifier:
     # the gate opens within a few steps, so the EMA and the pull take part in the run
     return SARClassifier(SmallCNN(num_classes=C, in_channels=1, width=4, feat_dim=8),
                          update_conf=0.3, momentum=0.9)
-
-
-def blobs(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(n, 1, 12, 12)`` noisy images whose class lights up one quadrant, labels ``(n,)``."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % C
-    images = 0.3 * torch.randn(n, 1, 12, 12, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        row, col = divmod(c, 2)
-        images[i, 0, 6 * row:6 * row + 6, 6 * col:6 * col + 6] += 1.0
-    return images, labels
 
 
 class NoisyBlobs(Dataset):
