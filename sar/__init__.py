@@ -1,7 +1,8 @@
 """sar: Semantic Anchor Regularization (Ge et al., AAAI 2024) for modern PyTorch.
 
 The core is :class:`SemanticAnchorRegularizer`; :mod:`sar.models` wraps smp segmentation
-models and image classifiers with it, :mod:`sar.baselines` holds the methods it is compared
+models and image classifiers with it (:mod:`sar.heads` finds a classifier's heads, several
+in timm's distilled models), :mod:`sar.baselines` holds the methods it is compared
 with, and :mod:`sar.anchors` makes and inspects pre-defined anchors. :mod:`sar.methods` builds
 any of them by name.
 
@@ -14,7 +15,7 @@ Fashion-MNIST, the offline stand-in for ImageNet weights).
 
 import importlib
 
-from . import anchors, baselines, config, models
+from . import anchors, baselines, config, heads, models
 from .anchors import anchor_geometry, make_anchors
 from .baselines import (
     CenterLoss,
@@ -25,6 +26,7 @@ from .baselines import (
     PrototypeRegularizer,
 )
 from .config import SMOKE, default_device, seed_everything
+from .heads import HeadsRegularizer, find_heads
 from .models import (
     RegularizedModel,
     SARClassifier,
@@ -58,6 +60,7 @@ __all__ = [
     "CenterLoss",
     "DotRegressionLoss",
     "ETFClassifier",
+    "HeadsRegularizer",
     "LogitAdjustedCrossEntropy",
     "NoRegularizer",
     "PrototypeRegularizer",
@@ -75,7 +78,9 @@ __all__ = [
     "build_smp_model",
     "config",
     "default_device",
+    "find_heads",
     "find_linear_head",
+    "heads",
     "make_anchors",
     "models",
     "no_anchor_update",

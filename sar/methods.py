@@ -44,7 +44,8 @@ from .baselines import (
     NoRegularizer,
     PrototypeRegularizer,
 )
-from .models import RegularizedModel, SARClassifier, SARSegmentationModel, find_linear_head
+from .heads import HeadsRegularizer, find_heads, head_layer
+from .models import RegularizedModel, SARClassifier, SARSegmentationModel, smp_head_names
 from .regularizer import SemanticAnchorRegularizer
 
 RegularizerFactory = Callable[..., nn.Module]
@@ -84,16 +85,24 @@ def is_segmentation_model(model: nn.Module) -> bool:
     return hasattr(model, "segmentation_head")
 
 
-def _head_dims(model: nn.Module, head_name: str) -> tuple[int, int]:
-    """``(num_classes, feat_dim)`` read from the model's classifier."""
+def _head_names(model: nn.Module, head_name: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The classifier heads to wrap: named, or found by :func:`~sar.heads.find_heads`."""
+    if head_name is None:
+        return find_heads(model)
+    names = (head_name,) if isinstance(head_name, str) else tuple(head_name)
+    for name in names:
+        head_layer(model, name)
+    return names
+
+
+def _head_dims(model: nn.Module, head_names: Sequence[str]) -> list[tuple[int, int]]:
+    """``(num_classes, feat_dim)`` of each head (the smp segmentation head for smp models)."""
     if is_segmentation_model(model):
-        conv = model.segmentation_head[0]
-        return conv.out_channels, conv.in_channels
-    head = model.get_submodule(head_name)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(f"model.{head_name} is a {type(head).__name__}, not an nn.Linear head:"
-                        " name the linear layer with head_name=")
-    return head.out_features, head.in_features
+        conv = model.get_submodule(smp_head_names(model)[1])
+        return [(conv.out_channels, conv.in_channels)]
+    heads = [model.get_submodule(name) for name in head_names]
+    return [(head.out_features, head.in_features) if isinstance(head, nn.Linear)
+            else (head.out_channels, head.in_channels) for head in heads]
 
 
 def _criterion(name: str, counts: Sequence[int] | None, tau: float, regularizer: nn.Module,
@@ -114,21 +123,24 @@ def build(
     *,
     counts: Sequence[int] | None = None,
     tau: float = 1.0,
-    head_name: str | None = None,
+    head_name: str | Sequence[str] | None = None,
     **options: Any,
 ) -> tuple[RegularizedModel, nn.Module | None]:
     """Wrap ``model`` for the method ``name``; return it and its criterion.
 
     Args:
         name: one of :data:`METHODS`.
-        model: a classifier with a linear head (found as :class:`~sar.SARClassifier` finds it,
-            or named by ``head_name``), or an smp model.
+        model: a classifier with a linear or 1x1 conv head, or several (found as
+            :class:`~sar.SARClassifier` finds them, or named by ``head_name``), or an smp
+            model. For several heads the regulariser is one per head in a
+            :class:`~sar.heads.HeadsRegularizer`.
             ``"etf"``/``"etf_dr"`` replace the classifier's head in place (classifiers only).
         counts: training samples (or pixels) per class, ``(C,)``; needed by the
             logit-adjusted methods for their log prior.
         tau: strength of the logit adjustment (1.0, Menon et al.).
-        head_name: dotted name of the classifier's linear head, e.g. ``"classifier.1"``
-            (default: found by :func:`~sar.models.find_linear_head`; ignored for smp models).
+        head_name: dotted name of the classifier's head, e.g. ``"classifier.1"``, or a
+            sequence of names (default: found by :func:`~sar.heads.find_heads`; ignored for
+            smp models).
         **options: keyword arguments of the method's regulariser (e.g. ``trade_off=1.0`` for
             SAR, ``momentum=0.99`` for prototypes) or, for ``"etf"``, of the ETF head.
             ``ignore_index`` (the label of void positions) also goes to the logit-adjusted
@@ -140,18 +152,20 @@ def build(
 
     Raises:
         ValueError: an unknown name (the message lists the known ones), a logit-adjusted method
-            without ``counts``, an ETF head on a segmentation model, or ``options`` for a
-            method without a regulariser (``ce``, ``logit_adjusted``).
+            without ``counts``, an ETF head on a segmentation model or on a model without one
+            linear head, or ``options`` for a method without a regulariser (``ce``,
+            ``logit_adjusted``).
+        TypeError: a classifier whose head is not found or is not a ``Linear``/1x1 conv (see
+            :func:`~sar.heads.find_heads`).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     segmentation = is_segmentation_model(model)
-    if not segmentation and head_name is None:
-        head_name = find_linear_head(model)
-    num_classes, feat_dim = _head_dims(model, head_name)
+    head_names = () if segmentation else _head_names(model, head_name)
+    dims = _head_dims(model, head_names)
     if name in _ETF_HEADS:
         variant, make_criterion = _ETF_HEADS[name]
-        head = _etf(model, head_name, num_classes, feat_dim, segmentation, variant, options)
+        head = _etf(model, head_names, dims, segmentation, variant, options)
         return head, make_criterion() if make_criterion is not None else None
     if name in _LOGIT_ADJUSTED and counts is None:
         raise ValueError(
@@ -159,17 +173,27 @@ def build(
             " log prior"
         )
     make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
-    regularizer = make_regularizer(num_classes, feat_dim, **options)
-    criterion = _criterion(name, counts, tau, regularizer, segmentation)
+    regularizers = [make_regularizer(num_classes, feat_dim, **options)
+                    for num_classes, feat_dim in dims]
+    regularizer = regularizers[0] if len(regularizers) == 1 else HeadsRegularizer(regularizers)
+    criterion = _criterion(name, counts, tau, regularizers[0], segmentation)
     if segmentation:
         return SARSegmentationModel(model, regularizer), criterion
-    return SARClassifier(model, regularizer, head_name=head_name), criterion
+    return SARClassifier(model, regularizer, head_name=head_names), criterion
 
 
-def _etf(model: nn.Module, head_name: str, num_classes: int, feat_dim: int,
+def _etf(model: nn.Module, head_names: Sequence[str], dims: list[tuple[int, int]],
          segmentation: bool, variant: str, options: dict[str, Any]) -> RegularizedModel:
     if segmentation:
         raise ValueError("the ETF head replaces a linear classifier: use it with classifiers")
+    kinds = ", ".join(type(model.get_submodule(name)).__name__ for name in head_names)
+    if kinds != "Linear":
+        raise ValueError(
+            f"the ETF head replaces one nn.Linear head, but the heads of"
+            f" {type(model).__name__} are {list(head_names)} ({kinds}): use a model with one"
+            " linear head, or name one with head_name="
+        )
+    (num_classes, feat_dim), = dims
     head = ETFClassifier(feat_dim, num_classes, variant=variant, **options)
-    model.set_submodule(head_name, head)
+    model.set_submodule(head_names[0], head)
     return RegularizedModel(model, head, head, NoRegularizer())

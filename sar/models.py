@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from .heads import HeadsRegularizer, find_heads, head_layer, image_labels
+from .networks import SmallCNN, build_classifier, build_smp_model  # noqa: F401 (the API)
 from .regularizer import SemanticAnchorRegularizer
 
 
@@ -28,18 +30,18 @@ class TrainOutput(NamedTuple):
 
 
 class _InputTap:
-    """The first positional input of a head's forward, recorded by one persistent pre-hook.
+    """The first positional input of each head's forward, recorded by persistent pre-hooks.
 
-    The hook is registered once per head (again only when the head was replaced), not at
-    every call, so ``torch.compile(..., fullgraph=True)`` can trace it. It records only while
-    a call has armed this head, by putting the head in ``inputs``: a plain forward in eval
-    mode records nothing. The dict is keyed by the head module, so ``nn.DataParallel``
-    replicas, which share the original head's hook and this dict, each find their own input.
+    A hook is registered once per head (again only when a head was replaced), not at every
+    call, so ``torch.compile(..., fullgraph=True)`` can trace it. It records only while a call
+    has armed its head, by putting the head in ``inputs``: a plain forward in eval mode records
+    nothing. The dict is keyed by the head module, so ``nn.DataParallel`` replicas, which share
+    the original heads' hooks and this dict, each find their own input.
     """
 
     def __init__(self) -> None:
         self.inputs: dict[nn.Module, Any] = {}
-        self.hook_id: int | None = None
+        self.hook_ids: tuple[int, ...] = ()
 
     def _record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if module in self.inputs:
@@ -47,8 +49,8 @@ class _InputTap:
 
     def attach(self, head: nn.Module) -> None:
         """Register the hook on ``head`` unless it is there already (a new head gets it)."""
-        if self.hook_id is None or self.hook_id not in head._forward_pre_hooks:
-            self.hook_id = head.register_forward_pre_hook(self._record).id
+        if not any(hook_id in head._forward_pre_hooks for hook_id in self.hook_ids):
+            self.hook_ids += (head.register_forward_pre_hook(self._record).id,)
 
     def arm(self, head: nn.Module) -> None:
         self.inputs[head] = None
@@ -160,32 +162,46 @@ class RegularizedModel(nn.Module):
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input feature (``(B, D)`` or ``(B, D, H, W)``) and the model's output."""
-        head = self.head
-        self._tap.attach(head)
-        self._tap.arm(head)
+        (features,), logits = self._tapped_forward(x, (self.head_name,))
+        return features, logits
+
+    def _tapped_forward(
+        self, x: torch.Tensor, head_names: Sequence[str]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """``model(x)`` and the input of each named head in that call."""
+        heads = [_submodule(self.model, name, "head") for name in head_names]
+        for head in heads:
+            self._tap.attach(head)
+            self._tap.arm(head)
         try:
             logits = self.model(x)
         finally:
-            features = self._tap.take(head)
-        if features is None:
+            features = tuple(self._tap.take(head) for head in heads)
+        silent = [f"{name!r} ({type(head).__name__})" for name, head, feature
+                  in zip(head_names, heads, features, strict=True) if feature is None]
+        if silent:
             raise RuntimeError(
-                f"the head {self.head_name!r} ({type(head).__name__}) did not run in the model's"
-                " forward, so there is no feature to regularise: was the head replaced under"
-                " another name, or is it bypassed? Wrap the model after changing its head"
-                " (e.g. after timm's reset_classifier), or name the layer that runs"
+                f"the head {' and '.join(silent)} did not run in the model's forward, so there"
+                " is no feature to regularise: was the head replaced under another name, or is"
+                " it bypassed? Wrap the model after changing its head (e.g. after timm's"
+                " reset_classifier), or name the layer that runs"
             )
         return features, logits
 
     def _unchanged_classifier(self) -> nn.Module:
-        classifier = self.classifier
-        if _layer_shape(classifier) != self._classifier_shape:
-            was, now = self._classifier_shape, _layer_shape(classifier)
+        return self._unchanged(self.classifier_name, self._classifier_shape)
+
+    def _unchanged(self, name: str, was: tuple[int | None, int | None]) -> nn.Module:
+        """The layer ``name``, looked up now, if it still maps ``was`` = (inputs, outputs)."""
+        layer = _submodule(self.model, name, "classifier")
+        now = _layer_shape(layer)
+        if now != was:
             raise RuntimeError(
-                f"the classifier {self.classifier_name!r} changed after wrapping: it mapped"
+                f"the classifier {name!r} changed after wrapping: it mapped"
                 f" {was[0]} -> {was[1]} and now maps {now[0]} -> {now[1]}, but the regulariser"
                 " was built for the old one. Wrap the model again after changing its head"
             )
-        return classifier
+        return layer
 
     def bare_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's own ``state_dict``, without the regulariser (for deployment).
@@ -204,8 +220,12 @@ class SARSegmentationModel(RegularizedModel):
     ``(B, D, H/s, W/s)``) and the classifier is the head's conv, so the anchor CE trains the
     very layer that segments. Labels ``(B, H, W)`` are nearest-resized to the decoder map.
 
+    For DPT, whose ``segmentation_head.head`` is ``Sequential(Conv2d 3x3, BN, ReLU, Dropout,
+    Conv2d 1x1)``, the regularised map is the input of that final 1x1 conv, which is the
+    classifier (as in mmsegmentation, where SAR taps the feature entering ``conv_seg``).
+
     Args:
-        model: an smp model (anything with ``segmentation_head[0]`` a ``Conv2d``).
+        model: an smp model (anything with ``segmentation_head[0]`` a ``Conv2d``, or DPT).
         regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
             D read from the head.
 
@@ -218,14 +238,8 @@ class SARSegmentationModel(RegularizedModel):
     def __init__(
         self, model: nn.Module, regularizer: nn.Module | None = None, **sar_options: Any
     ) -> None:
-        head = getattr(model, "segmentation_head", None)
-        conv = head[0] if isinstance(head, nn.Sequential) and len(head) else None
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(
-                "SARSegmentationModel needs an smp-style model whose segmentation_head[0] is a"
-                f" Conv2d; got {type(model).__name__}. Use RegularizedModel to name the head and"
-                " classifier yourself."
-            )
+        head_name, classifier_name = smp_head_names(model)
+        conv = model.get_submodule(classifier_name)
         if getattr(model, "classification_head", None) is not None:
             raise ValueError(
                 "this smp model was built with aux_params, so it returns (mask, label) and"
@@ -238,76 +252,137 @@ class SARSegmentationModel(RegularizedModel):
                                                     **sar_options)
         elif sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, "segmentation_head", "segmentation_head.0", regularizer)
+        super().__init__(model, head_name, classifier_name, regularizer)
 
 
-def find_linear_head(model: nn.Module) -> str:
-    """The dotted name of a classifier's final ``nn.Linear``, found without being named.
-
-    Looked for, in order: timm's ``get_classifier()``, then ``fc`` (torchvision ResNet,
-    :class:`SmallCNN`), ``classifier`` (EfficientNet, MobileNet, ConvNeXt, VGG, DenseNet),
-    ``heads`` (ViT) and ``head`` (Swin); in a container, its last ``nn.Linear``.
-
-    Raises:
-        TypeError: when none of these holds an ``nn.Linear``.
-    """
-    get_classifier = getattr(model, "get_classifier", None)
-    candidates = [get_classifier()] if callable(get_classifier) else []
-    candidates += [getattr(model, name, None) for name in ("fc", "classifier", "heads", "head")]
-    for candidate in candidates:
-        if isinstance(candidate, nn.Module):
-            linears = [m for m in candidate.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                return _name_in(model, linears[-1], "head")
+def smp_head_names(model: nn.Module) -> tuple[str, str]:
+    """(head, classifier) names of an smp model: its ``segmentation_head`` and the head's first
+    conv, or, for DPT (``segmentation_head.head = Sequential(Conv, BN, ReLU, Dropout, Conv)``),
+    the final conv for both (its input, after the Dropout, is the regularised map)."""
+    head = getattr(model, "segmentation_head", None)
+    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Conv2d):
+        return "segmentation_head", "segmentation_head.0"
+    block = getattr(head, "head", None)
+    if isinstance(block, nn.Sequential) and len(block) and isinstance(block[-1], nn.Conv2d):
+        name = f"segmentation_head.head.{len(block) - 1}"
+        return name, name
     raise TypeError(
-        f"SARClassifier found no linear head in {type(model).__name__} (looked at"
-        " get_classifier(), fc, classifier, heads and head): name it with head_name= (a dotted"
-        " name such as 'classifier.1') or use RegularizedModel"
+        "SARSegmentationModel needs an smp-style model whose segmentation_head[0] (or, as in"
+        " DPT, segmentation_head.head[-1]) is a Conv2d; got"
+        f" {type(model).__name__}. Use RegularizedModel to name the head and classifier"
+        " yourself."
     )
 
 
-class SARClassifier(RegularizedModel):
-    """An image classifier trained with SAR on the feature that enters its final linear layer.
+def find_linear_head(model: nn.Module) -> str:
+    """The dotted name of a classifier's one head, an ``nn.Linear`` or a 1x1 ``nn.Conv2d``.
 
-    Args:
-        model: a classifier whose logits come from an ``nn.Linear``: torchvision ResNet,
-            EfficientNet, MobileNet, ConvNeXt, ViT, a timm model, :class:`SmallCNN`, ...
-        regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
-            D read from the linear layer.
-        head_name: dotted name of that linear layer (``"fc"``, ``"classifier.1"``,
-            ``"heads.head"``); ``None`` finds it (see :func:`find_linear_head`).
-
-    The regularised feature is the input of the linear layer, ``(B, D)``: for heads such as
-    ``classifier = Sequential(Dropout, Linear)`` it is taken after the Dropout, so in training
-    mode it is the dropped-out feature the classifier actually sees.
+    Found as :func:`sar.heads.find_heads` finds heads: behind timm's ``get_classifier()``,
+    then at ``fc`` (torchvision ResNet, :class:`SmallCNN`), ``classifier`` (EfficientNet,
+    MobileNet, ConvNeXt, VGG, DenseNet, SqueezeNet), ``heads`` (ViT) or ``head`` (Swin); in a
+    container, its last ``Linear``/``Conv2d``.
 
     Raises:
-        TypeError: when the head is not found or is not an ``nn.Linear``.
+        TypeError: as :func:`~sar.heads.find_heads`, or for a model with several heads (the
+            message names them; :class:`SARClassifier` regularises each).
+        ValueError: as :func:`~sar.heads.find_heads` (torchvision ``aux_logits=True``).
+    """
+    names = find_heads(model)
+    if len(names) > 1:
+        raise TypeError(
+            f"{type(model).__name__} has {len(names)} classifier heads {list(names)} whose"
+            " logits it combines: SARClassifier(model) regularises the feature of each head"
+            " with that head; name one with head_name= only to regularise it alone"
+        )
+    return names[0]
+
+
+class SARClassifier(RegularizedModel):
+    """An image classifier trained with SAR on the feature that enters each of its heads.
+
+    Args:
+        model: a classifier whose logits come from an ``nn.Linear`` or a 1x1 ``nn.Conv2d``
+            head: torchvision ResNet, EfficientNet, MobileNet, ConvNeXt, ViT, SqueezeNet, a
+            timm model (distilled and multi-branch ones included), :class:`SmallCNN`, ...
+        regularizer: defaults to ``SemanticAnchorRegularizer(C, D, **sar_options)`` with C and
+            D read from the head; for several heads, a
+            :class:`~sar.heads.HeadsRegularizer` of one per head.
+        head_name: dotted name of the head (``"fc"``, ``"classifier.1"``, ``"heads.head"``),
+            or a sequence of names; ``None`` finds them (see :func:`sar.heads.find_heads`).
+
+    The regularised feature is the input of the head. A linear head gives ``(B, D)``: for
+    ``classifier = Sequential(Dropout, Linear)`` it is taken after the Dropout, so in training
+    mode it is the dropped-out feature the classifier actually sees. A 1x1 conv head gives
+    ``(B, D, H, W)`` (``(B, D, 1, 1)`` after timm's pooling; SqueezeNet's unpooled map), and
+    every position carries the image's label ``(B,)``. The anchor CE scores the anchors with
+    the head layer itself, also where a ReLU follows it (SqueezeNet): scored through the ReLU,
+    an anchor whose own logit starts negative gets no gradient and never becomes confident.
+
+    Several heads (timm's ``deit_*_distilled``, ``levit_*``, ``crossvit_*``, ...; see
+    :mod:`sar.heads`): each head's input is regularised with that head as the classifier and
+    the losses are averaged; :meth:`features_and_logits` gives the first head's feature,
+    :meth:`head_features_and_logits` every head's.
+
+    Raises:
+        TypeError: when no head is found, a named head is not an ``nn.Linear`` or 1x1
+            ``nn.Conv2d``, a model with an auxiliary head the wrapper cannot regularise (VOLO),
+            or a ``regularizer`` that does not hold one regulariser per head.
+        ValueError: a torchvision model built with ``aux_logits=True``.
     """
 
     def __init__(
         self,
         model: nn.Module,
         regularizer: nn.Module | None = None,
-        head_name: str | None = None,
+        head_name: str | Sequence[str] | None = None,
         **sar_options: Any,
     ) -> None:
-        if head_name is None:
-            head_name = find_linear_head(model)
-        head = _find(model, head_name)
-        if not isinstance(head, nn.Linear):
-            found = "no such submodule" if head is None else type(head).__name__
-            raise TypeError(
-                f"SARClassifier needs model.{head_name} to be an nn.Linear head, found {found};"
-                " name the head with head_name= (a dotted name such as 'classifier.1') or use"
-                " RegularizedModel"
-            )
-        if regularizer is None:
-            regularizer = SemanticAnchorRegularizer(head.out_features, head.in_features,
-                                                    **sar_options)
-        elif sar_options:
+        names = find_heads(model) if head_name is None else (
+            (head_name,) if isinstance(head_name, str) else tuple(head_name))
+        layers = [head_layer(model, name) for name in names]
+        regularizer = _head_regularizer(model, names, layers, regularizer, sar_options)
+        super().__init__(model, names[0], names[0], regularizer)
+        self.head_names = names
+        self._head_shapes = tuple(_layer_shape(layer) for layer in layers)
+        # one linear head: exactly RegularizedModel's training step
+        self._plain = len(names) == 1 and isinstance(layers[0], nn.Linear)
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | TrainOutput:
+        if self._plain or not self.training or labels is None:
+            return super().forward(x, labels)
+        classifiers = [self._unchanged(name, shape)
+                       for name, shape in zip(self.head_names, self._head_shapes, strict=True)]
+        features, logits = self.head_features_and_logits(x)
+        per_head = [image_labels(feature, labels) for feature in features]
+        if len(features) == 1:
+            return TrainOutput(logits, self.regularizer(features[0], per_head[0], classifiers[0]))
+        return TrainOutput(logits, self.regularizer(features, per_head, classifiers))
+
+    def head_features_and_logits(
+        self, x: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every head's input feature, in :attr:`head_names` order, and the model's output."""
+        return self._tapped_forward(x, self.head_names)
+
+
+def _head_regularizer(model: nn.Module, names: Sequence[str], layers: Sequence[nn.Module],
+                      regularizer: nn.Module | None, sar_options: dict[str, Any]) -> nn.Module:
+    """The given regulariser, checked against the heads, or SAR built for each head."""
+    if regularizer is not None:
+        if sar_options:
             raise TypeError("pass SAR options or a regularizer, not both")
-        super().__init__(model, head_name, head_name, regularizer)
+        if len(names) > 1 and len(getattr(regularizer, "regularizers", ())) != len(names):
+            raise TypeError(
+                f"{type(model).__name__} has {len(names)} heads {list(names)}: pass"
+                " regularizer=HeadsRegularizer([...]) with one regulariser per head, in that"
+                " order, or leave regularizer=None for SAR on each"
+            )
+        return regularizer
+    per_head = [SemanticAnchorRegularizer(out, width, **sar_options)
+                for width, out in map(_layer_shape, layers)]
+    return per_head[0] if len(per_head) == 1 else HeadsRegularizer(per_head)
 
 
 def bare_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -374,103 +449,3 @@ def _under_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
             ("" if name == module else name.removeprefix(prefix), value)
             for name, value in metadata.items() if name == module or name.startswith(prefix))
     return inner
-
-
-# ----------------------------------------------------------------------------- factories
-def build_smp_model(
-    arch: str = "Unet",
-    encoder_name: str = "resnet18",
-    num_classes: int = 11,
-    in_channels: int = 3,
-    encoder_weights: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """An smp model, offline by default.
-
-    Args:
-        encoder_weights: ``None`` (default): a randomly initialised encoder, no download.
-            A path (a ``Path``, or a string with a ``/`` or ending in ``.pt``/``.pth``): an
-            encoder ``state_dict`` made by ``python -m sar.pretrain``, loaded strictly into
-            ``model.encoder`` after its SHA-256 is checked against the sidecar
-            ``<file>.json`` when there is one (see :mod:`sar.encoder_weights`). Any other
-            string (``"imagenet"``, ...) is passed to smp, which downloads the weights.
-
-    Raises:
-        FileNotFoundError: a weights path that does not exist; the message gives the
-            ``python -m sar.pretrain`` command that makes it.
-        ValueError: a weights file that fails its checksum, was made for another encoder, or
-            does not fit the encoder (e.g. pretrained on 3 channels, asked for another count).
-    """
-    import segmentation_models_pytorch as smp  # heavy (timm): imported only when needed
-
-    from .encoder_weights import is_weights_path, load_encoder_weights
-
-    weights_file = encoder_weights if is_weights_path(encoder_weights) else None
-    model = smp.create_model(arch, encoder_name=encoder_name,
-                             encoder_weights=None if weights_file else encoder_weights,
-                             in_channels=in_channels, classes=num_classes, **kwargs)
-    if weights_file is not None:
-        state, record = load_encoder_weights(weights_file, encoder_name)
-        try:
-            model.encoder.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            made = "" if record is None else (
-                f" (made for {record.get('encoder')} with"
-                f" {record.get('in_channels')} input channels)")
-            raise ValueError(
-                f"{weights_file}{made} does not fit the {encoder_name} encoder with"
-                f" in_channels={in_channels}: {err}"
-            ) from err
-    return model
-
-
-class SmallCNN(nn.Module):
-    """A small CNN for 28x28 (or 32x32) images: three conv stages, global pooling, ``fc``.
-
-    ``(B, in_channels, H, W) -> (B, num_classes)``; the feature entering ``fc`` is
-    ``(B, feat_dim)``, non-negative (after ReLU), like ResNet's pooled feature.
-    """
-
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, feat_dim: int = 128
-    ) -> None:
-        super().__init__()
-
-        def stage(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            )
-
-        self.features = nn.Sequential(
-            stage(in_channels, width), nn.MaxPool2d(2),
-            stage(width, 2 * width), nn.MaxPool2d(2),
-            stage(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * width, feat_dim), nn.BatchNorm1d(feat_dim), nn.ReLU(inplace=True),
-        )
-        self.fc = nn.Linear(feat_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
-def build_classifier(
-    name: str = "small_cnn", num_classes: int = 10, in_channels: int = 1, **kwargs: Any
-) -> nn.Module:
-    """A classifier with an ``fc`` head: ``"small_cnn"`` or a torchvision ResNet name.
-
-    ResNets are built without weights (offline) and with their stem adapted to
-    ``in_channels``.
-    """
-    if name == "small_cnn":
-        return SmallCNN(num_classes, in_channels, **kwargs)
-    if name.startswith("resnet"):
-        import torchvision  # about a second to import: only when a ResNet is asked for
-
-        net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kwargs)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        return net
-    raise ValueError(f"unknown classifier {name!r}: use 'small_cnn' or a torchvision resnet")

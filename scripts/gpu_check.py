@@ -16,7 +16,10 @@ limits: a busy CPU makes it slower, never failed.
   amp        fit with SAR in float32, bf16 and fp16 (GradScaler): finite, same gate decisions
   torchrun   DDP over NCCL, one rank per GPU (at most 2): the ranks agree on the SAR state
   benchmark  SAR / plain train-step time and peak memory, smp Unet, FPN, DeepLabV3+ with
-             resnet18 and resnet50 at 8x3x512x512, and plain throughput (images/s)
+             resnet18 and resnet50 at 8x3x512x512, and plain throughput (images/s); then
+             the proxies (host syncs, aten ops, extra peak memory) with time and memory
+             ratios, eager and under torch.compile while its time limit allows
+             (benchmark_proxies.csv)
   configs    each paper-scale config's model, crop and per-GPU batch: ms per step, minutes per
              1k iterations and peak memory (scripts/gpu_check_configs.py)
   notebook   notebook 03 under nbval, its GPU section in full mode, every cell timed

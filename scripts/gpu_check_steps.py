@@ -16,6 +16,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -590,12 +591,26 @@ def differing_across_ranks(state: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ benchmark
+# the proxies table: warm-up steps, steps per timed block, rounds, torch.compile's backend and
+# what a compiled case is assumed to take before one has been timed (s). On a GPU every case,
+# inductor; in the dry run one case, and dynamo's fullgraph capture alone ("eager" backend),
+# which proves the compiled path without minutes of code generation on a CPU
+PROXY_PLAN = {"gpu": {"warmup": 3, "steps": 10, "rounds": 3, "backend": "inductor",
+                      "first_compile_s": 90.0},
+              "dry_run": {"warmup": 2, "steps": 1, "rounds": 1, "backend": "eager",
+                          "first_compile_s": 20.0}}
+LIMIT_MARGIN_S = 15.0  # kept back from the step's limit for writing its result
+
+
 def step_benchmark(plan: Plan) -> StepResult:
-    """SAR against plain: train-step time, inference time and peak memory, side by side."""
+    """SAR against plain: train-step time, inference time and peak memory, side by side; then
+    the proxies (host syncs, aten ops, extra peak memory) with time and memory ratios, eager
+    and under torch.compile(fullgraph=True), while the step's time limit allows."""
     import torch
 
     from sar.benchmark import measure
 
+    deadline = time.monotonic() + plan.limit_s - LIMIT_MARGIN_S
     result = StepResult()
     steps, rounds = (1, 1) if plan.dry_run else (10, 5)
     result.figures.update({"steps per timed block": steps, "rounds": rounds,
@@ -614,7 +629,69 @@ def step_benchmark(plan: Plan) -> StepResult:
         result.figures["largest train-step ratio SAR/plain"] = max(r["train_ratio"] for r in rows)
         result.figures["largest peak-memory ratio SAR/plain"] = max(r["memory_ratio"]
                                                                    for r in rows)
+    proxies = proxy_rows(plan, result, deadline)
+    result.tables["benchmark_proxies"] = proxies
+    summarise_proxies(result, proxies)
     return result
+
+
+def proxy_rows(plan: Plan, result: StepResult, deadline: float) -> list[dict[str, Any]]:
+    """The proxies of every case eager, then compiled (resnet18 cases first), each run only if
+    1.5x the longest one of its kind so far still fits before ``deadline``: a step killed at its
+    limit would lose every table."""
+    import torch
+
+    from sar.benchmark import measure_proxies
+
+    sizes = dict(PROXY_PLAN["dry_run" if plan.dry_run else "gpu"])
+    backend, first_compile_s = sizes.pop("backend"), sizes.pop("first_compile_s")
+    cases = sorted(benchmark_cases(plan), key=lambda c: c.encoder != "resnet18")
+    cases = cases[:1] if plan.dry_run else cases
+    runs = [(c, None) for c in cases] + [(c, backend) for c in cases]
+    took: dict[str | None, list[float]] = {None: [], backend: []}  # seconds per run so far
+    rows = []
+    for case, compiled in runs:
+        label = f"{case.arch}-{case.encoder} " + (f"torch.compile({compiled})" if compiled
+                                                  else "eager")
+        expected = (1.5 * max(took[compiled]) if took[compiled]
+                    else first_compile_s if compiled else 0.0)
+        if time.monotonic() + expected > deadline:
+            result.notes.append(f"proxies of {label} not run: the step's time limit")
+            continue
+        say("benchmark", f"proxies, {label}")
+        started = time.monotonic()
+        try:
+            proxies = measure_proxies(case, torch.device(plan.device), compile_backend=compiled,
+                                      **sizes)
+        except Exception as err:  # noqa: BLE001 - one case failing leaves the others
+            result.fail(f"proxies of {label}: {type(err).__name__}: {err}")
+            continue
+        took[compiled].append(time.monotonic() - started)
+        rows.append({"arch": case.arch, "encoder": case.encoder,
+                     "input": f"{case.batch}x{case.channels}x{case.size}x{case.size}",
+                     **{k: v for k, v in asdict(proxies).items() if k != "case"},
+                     "seconds": round(took[compiled][-1], 1)})
+    return rows
+
+
+def summarise_proxies(result: StepResult, rows: list[dict[str, Any]]) -> None:
+    """The proxies' worst cases as figures; a shut gate or a failed compile as a note."""
+    for row in rows:
+        if row["error"]:
+            result.notes.append(f"{row['arch']}-{row['encoder']} torch.compile({row['compiled']}):"
+                                f" {row['error']}")
+        elif not row["gate_opened"]:
+            result.fail(f"{row['arch']}-{row['encoder']}: SAR's gate was shut when profiled")
+    for kind in ("eager", "compiled"):
+        done = [r for r in rows if not r["error"] and bool(r["compiled"]) == (kind == "compiled")]
+        if done:
+            result.figures[f"{kind}: most host syncs per SAR step"] = max(r["sar_syncs"]
+                                                                          for r in done)
+            result.figures[f"{kind}: most extra aten ops per step"] = max(r["extra_ops"]
+                                                                          for r in done)
+            for name, key in (("train-step ratio", "train_ratio"),
+                              ("peak-memory ratio", "memory_ratio")):
+                result.figures[f"{kind}: largest {name} SAR/plain"] = max(r[key] for r in done)
 
 
 def benchmark_cases(plan: Plan) -> list[Any]:

@@ -17,10 +17,14 @@ def pytest_configure(config: pytest.Config) -> None:
         " the `device` fixture, so `SAR_TEST_DEVICE=cuda pytest -m device` reruns them on a GPU")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # slow tests run only when asked for by marker (pytest -m slow), as pyproject says
+    run_slow = "slow" in (config.getoption("markexpr") or "")
     for item in items:
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with pytest -m slow"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -326,3 +326,26 @@ def test_grid_runs_build_sar_with_the_projector_init_of_the_committed_rows():
         assert not torch.equal(grid.state_dict()[third], default.state_dict()[third]), name
     torch.manual_seed(0)
     build_method("prototype", SmallCNN(4))  # no SAR options for other regularisers
+
+
+def test_train_classification_trains_the_model_whose_scores_the_grid_row_reports():
+    from torch.utils.data import DataLoader
+
+    from sar.experiments import build_classification_model, run_classification, train_classification
+    from sar.train import evaluate
+
+    run = next(r for r in longtail_grid(SMOKE_CLASSIFICATION, [0])
+               if r.method == "sar_anchor_ce_only" and r.options["imbalance_factor"] == 10)
+    data: dict = {}
+    row = run_classification(run, SMOKE_CLASSIFICATION, torch.device("cpu"), data)
+    model, history, lt = train_classification(run, SMOKE_CLASSIFICATION, torch.device("cpu"), data)
+    test = DataLoader(lt.test, batch_size=512)
+    scores = evaluate(model, test, num_classes=len(lt.counts), groups=lt.groups)
+    assert scores["accuracy"] == row["accuracy"] and len(history) > 0
+    assert scores["per_class_accuracy"] == [row[f"acc_class_{k}"] for k in range(len(lt.counts))]
+    # the shell of build_classification_model takes the trained weights back
+    shell, _ = build_classification_model(run, SMOKE_CLASSIFICATION, lt.counts)
+    shell.load_state_dict(model.state_dict())
+    images = next(iter(test))[0]
+    assert torch.equal(shell.eval()(images), model.eval()(images))
+    assert shell.regularizer.trade_off == 0.0  # the run's method options reach the model

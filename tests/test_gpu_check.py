@@ -126,3 +126,15 @@ def test_the_configs_step_measures_every_paper_config() -> None:
                      if not p.stem.startswith("fashion_scenes"))
     assert sorted(row["config"] for row in rows) == configs
     assert all(float(row["ms_per_step"]) > 0 for row in rows)
+
+
+def test_the_benchmark_step_records_the_proxies_eager_and_compiled() -> None:
+    with (DRY_RUN_OUT / "benchmark_proxies.csv").open() as file:  # written by the dry run above
+        rows = list(csv.DictReader(file))
+    assert [row["compiled"] for row in rows] == ["", "eager"]  # eager mode, then compiled
+    eager, compiled = rows
+    assert eager["gate_opened"] == "True" and not eager["error"]
+    assert float(eager["sar_ops"]) > float(eager["plain_ops"]) > 0
+    assert float(eager["train_ratio"]) > 0 and float(eager["memory_ratio"]) > 0
+    # a capture that fails (the wrapper's hook before issue 24) is a row saying why
+    assert compiled["error"] or float(compiled["train_ratio"]) > 0

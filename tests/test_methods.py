@@ -92,7 +92,8 @@ def test_a_head_inside_a_container_is_found_or_named():
     net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=4)
     model, _ = methods.build("sar", net)
     assert model.regularizer.num_classes == 4 and model.head is net.classifier[3]
-    with pytest.raises(TypeError, match="not an nn.Linear"):
+    with pytest.raises(TypeError, match="model.classifier to be an nn.Linear or 1x1 nn.Conv2d"
+                       " head, found Sequential"):
         methods.build("sar", net, head_name="classifier")
 
 
@@ -101,3 +102,39 @@ def test_etf_dr_is_yang_et_al_recipe_and_etf_keeps_the_committed_variant():
     assert model.model.fc.variant == "dr" and type(criterion).__name__ == "DotRegressionLoss"
     model, criterion = methods.build("etf", small_cnn())
     assert model.model.fc.variant == "ce" and criterion is None
+
+
+def tiny_deit_distilled():
+    import timm
+
+    seed_everything(0)
+    return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=4,
+                             img_size=32, patch_size=8, depth=1)
+
+
+@pytest.mark.parametrize("name", ["sar", "prototype", "center", "sar_logit_adjusted"])
+def test_a_multi_head_model_gets_one_regularizer_per_head(name):
+    from sar.heads import HeadsRegularizer
+
+    model, criterion = methods.build(name, tiny_deit_distilled(), counts=COUNTS)
+    assert model.head_names == ("head", "head_dist")
+    assert isinstance(model.regularizer, HeadsRegularizer) and len(model.regularizer) == 2
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    logits, losses = model.train()(x, y)
+    loss = (criterion or torch.nn.CrossEntropyLoss())(logits, y) + losses["loss"]
+    assert torch.isfinite(loss)
+
+
+def test_etf_refuses_a_model_without_one_linear_head():
+    import torchvision
+
+    with pytest.raises(ValueError, match=r"the ETF head replaces one nn\.Linear head, but the"
+                       r" heads of VisionTransformerDistilled are \['head', 'head_dist'\]"
+                       r" \(Linear, Linear\)"):
+        methods.build("etf", tiny_deit_distilled())
+    squeezenet = torchvision.models.squeezenet1_1(weights=None, num_classes=4)
+    with pytest.raises(ValueError, match=r"the heads of SqueezeNet are \['classifier\.1'\]"
+                       r" \(Conv2d\)"):
+        methods.build("etf", squeezenet)
+    model, _ = methods.build("sar", squeezenet)  # SAR itself takes the conv head
+    assert model.regularizer.feat_dim == 512

@@ -86,6 +86,22 @@ def test_options_and_regularizer_together_are_refused():
         SARSegmentationModel(tiny_smp("Unet"), regularizer=NoRegularizer(), trade_off=0.2)
 
 
+def test_dpt_is_regularised_at_the_input_of_its_final_conv():
+    torch.manual_seed(0)
+    net = build_smp_model("DPT", "tu-vit_tiny_patch16_224", num_classes=3, img_size=32,
+                          decoder_intermediate_channels=(16,) * 4, decoder_fusion_channels=16)
+    model = SARSegmentationModel(net).train()
+    conv = net.segmentation_head.head[4]  # after Conv 3x3, BN, ReLU, Dropout: the classifier
+    assert model.head is model.classifier is conv and model.regularizer.feat_dim == 16
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    out = model(x, y)
+    assert out.logits.shape == (2, 3, 32, 32) and torch.isfinite(out.losses["loss"])
+    out.losses["anchor_ce"].backward()
+    assert conv.weight.grad.abs().sum() > 0
+    features, _ = model.features_and_logits(x)
+    assert features.shape == (2, 16, 16, 16)  # the head upsamples its logits by 2
+
+
 def test_non_smp_model_gets_a_helpful_error():
     with pytest.raises(TypeError, match="RegularizedModel"):
         SARSegmentationModel(nn.Conv2d(3, 3, 1))
@@ -110,8 +126,9 @@ def test_classifier_wrapper_taps_the_pooled_feature(name, channels, size):
 def test_classifier_without_linear_head_is_refused():
     with pytest.raises(TypeError, match="head_name"):
         SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
-    with pytest.raises(TypeError, match=r"SARClassifier found no linear head in Sequential"
-                       r" \(looked at get_classifier\(\), fc, classifier, heads and head\):"
+    with pytest.raises(TypeError, match=r"SARClassifier found no linear or 1x1 conv head in"
+                       r" Sequential \(looked at get_classifier\(\), fc, classifier, heads and"
+                       r" head\):"
                        r" name it with head_name= \(a dotted name such as 'classifier\.1'\)"):
         SARClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
@@ -179,11 +196,11 @@ def test_classifier_head_inside_a_container_is_found_or_named(name, named):
 
 def test_a_dotted_head_name_that_is_not_linear_names_what_it_found():
     net = tv.efficientnet_b0(weights=None, num_classes=4)
-    with pytest.raises(TypeError, match=r"model\.classifier\.0 to be an nn\.Linear head, found"
-                       r" Dropout"):
+    with pytest.raises(TypeError, match=r"model\.classifier\.0 to be an nn\.Linear or 1x1"
+                       r" nn\.Conv2d head, found Dropout"):
         SARClassifier(net, head_name="classifier.0")
-    with pytest.raises(TypeError, match=r"model\.classifier\.7 to be an nn\.Linear head, found"
-                       r" no such submodule"):
+    with pytest.raises(TypeError, match=r"model\.classifier\.7 to be an nn\.Linear or 1x1"
+                       r" nn\.Conv2d head, found no such submodule"):
         SARClassifier(net, head_name="classifier.7")
 
 
@@ -327,3 +344,156 @@ def test_a_converted_model_keeps_its_regularizer_in_float32(dtype, regularizer):
     assert torch.isfinite(total)
     total.backward()
     assert net.fc.weight.grad.dtype == dtype and torch.isfinite(net.fc.weight.grad).all()
+
+
+# ------------------------------------------------- several heads (timm), 1x1 conv heads
+def tiny_deit_distilled(num_classes: int) -> nn.Module:
+    return timm_model("deit_tiny_distilled_patch16_224", num_classes, img_size=32, patch_size=8,
+                      depth=1)
+
+
+MULTI_HEAD = {  # model -> its heads, in module order
+    "deit_distilled": (tiny_deit_distilled, ("head", "head_dist")),
+    "crossvit": (lambda c: timm_model("crossvit_tiny_240", c), ("head.0", "head.1")),
+    "repvit": (lambda c: timm_model("repvit_m0_9", c), ("head.head.l", "head.head_dist.l")),
+}
+
+
+def head_inputs(net: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """What each head receives in ``net(x)``, recorded by hooks of the test's own."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [net.get_submodule(name).register_forward_pre_hook(
+        lambda module, args, name=name: seen.setdefault(name, args[0].detach()))
+        for name in names]
+    net(x)
+    for handle in handles:
+        handle.remove()
+    return [seen[name] for name in names]
+
+
+@pytest.mark.parametrize("name", MULTI_HEAD)
+def test_every_head_of_a_multi_head_model_is_regularised_with_its_own_feature(name):
+    build, names = MULTI_HEAD[name]
+    torch.manual_seed(0)
+    net = build(4)
+    model = SARClassifier(net).train()
+    assert model.head_names == names
+    heads = [net.get_submodule(n) for n in names]
+    assert [reg.feat_dim for reg in model.regularizer.regularizers] == [
+        h.in_features for h in heads]
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    torch.manual_seed(1)
+    expected = head_inputs(net, names, x)  # the same dropout draws: eval would skip them
+    torch.manual_seed(1)
+    features, logits = model.head_features_and_logits(x)
+    assert all(torch.equal(f, e) for f, e in zip(features, expected, strict=True))
+    out = model(x, y)
+    assert tuple(out.losses) == LOSS_KEYS and torch.isfinite(out.losses["loss"])
+    out.losses["anchor_ce"].backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in heads)
+    with torch.no_grad():  # the heads are the whole route to the logits
+        for head in heads:
+            head.weight.zero_()
+            head.bias.zero_()
+        logits = model.eval()(x)
+    assert torch.equal(logits, torch.zeros_like(logits))
+
+
+def test_a_multi_head_model_is_averaged_over_heads_and_trains_through_fit():
+    from sar.heads import HeadsRegularizer
+    from sar.train import fit
+
+    torch.manual_seed(0)
+    model = SARClassifier(tiny_deit_distilled(4), use_gate=False)
+    assert isinstance(model.regularizer, HeadsRegularizer)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    out = model.train()(x, y)
+    torch.manual_seed(1)
+    features, _ = model.head_features_and_logits(x)
+    per_head = [reg(f, y, model.model.get_submodule(n)) for reg, f, n in
+                zip(model.regularizer.regularizers, features, model.head_names, strict=True)]
+    for key in LOSS_KEYS:  # each head's loss counts as its logits do: half
+        assert torch.allclose(out.losses[key], (per_head[0][key] + per_head[1][key]) / 2)
+    before = [int(reg.num_updates) for reg in model.regularizer.regularizers]
+    history = fit(model, [(x, y)] * 2, epochs=1, lr=0.01, progress=False, device="cpu")
+    assert {"anchor_ce", "pull"} <= set(history.columns) and len(history) == 2
+    after = [int(reg.num_updates) for reg in model.regularizer.regularizers]
+    assert after == [n + 2 for n in before]  # every head's EMA moved on each step
+
+
+def test_a_multi_head_model_needs_one_regularizer_per_head():
+    net = tiny_deit_distilled(4)
+    with pytest.raises(TypeError, match=r"VisionTransformerDistilled has 2 heads \['head',"
+                       r" 'head_dist'\]: pass regularizer=HeadsRegularizer\(\[\.\.\.\]\) with"
+                       r" one regulariser per head"):
+        SARClassifier(net, NoRegularizer())
+    alone = SARClassifier(net, NoRegularizer(), head_name="head")  # named: that head alone
+    assert alone.head_names == ("head",)
+
+
+def test_an_auxiliary_head_that_adds_per_token_logits_is_refused_with_the_fix():
+    from timm.models.volo import VOLO
+
+    with pytest.raises(TypeError, match=r"VOLO has the auxiliary classifier head\(s\)"
+                       r" \['aux_head'\] besides \['head'\]"):  # named once, config or not
+        SARClassifier(timm_model("volo_d1_224", 4))
+    net = VOLO(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2),
+               img_size=32, num_classes=4)
+    with pytest.raises(TypeError, match=r"VOLO has the auxiliary classifier head\(s\)"
+                       r" \['aux_head'\] besides \['head'\].*build it with use_aux_head=False"
+                       r".* or pass head_name='head' to regularise that head alone"):
+        SARClassifier(net)
+    assert SARClassifier(net, head_name="head").head_names == ("head",)
+
+
+def test_torchvision_aux_logits_are_refused_with_the_fix():
+    net = tv.googlenet(weights=None, num_classes=4, aux_logits=True, init_weights=True)
+    with pytest.raises(ValueError, match=r"this GoogLeNet was built with aux_logits=True, so in"
+                       r" training mode it returns \(logits, aux_logits\.\.\.\) and"
+                       r" sar\.train\.fit cannot train it: build it with aux_logits=False"):
+        SARClassifier(net)
+
+
+def tiny_resnetv2(num_classes: int) -> nn.Module:
+    from timm.models.resnetv2 import ResNetV2
+
+    return ResNetV2(layers=(1, 1, 1, 1), channels=(128,) * 4, stem_chs=32,
+                    num_classes=num_classes)
+
+
+CONV_HEADS = {  # model -> its 1x1 conv head, input size, the feature map that head classifies
+    "timm_resnetv2": (tiny_resnetv2, "head.fc", 32, (128, 1, 1)),  # after global pooling
+    "squeezenet": (lambda c: tv.squeezenet1_1(weights=None, num_classes=c), "classifier.1", 64,
+                   (512, 3, 3)),  # every position classified, then ReLU and average
+}
+
+
+@pytest.mark.parametrize("name", CONV_HEADS)
+def test_a_1x1_conv_head_trains_with_image_labels(name):
+    build, head_name, size, feature_shape = CONV_HEADS[name]
+    torch.manual_seed(0)
+    net = build(4)
+    model = SARClassifier(net).train()
+    head = net.get_submodule(head_name)
+    assert model.head_names == (head_name,) and model.classifier is head
+    assert model.regularizer.feat_dim == head.in_channels
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 3])
+    (features,), _ = model.head_features_and_logits(x)
+    assert features.shape == (2, *feature_shape)
+    out = model(x, y)
+    assert out.logits.shape == (2, 4) and tuple(out.losses) == LOSS_KEYS
+    assert torch.isfinite(out.losses["loss"])
+    out.losses["anchor_ce"].backward()
+    assert head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), net(x))
+
+
+def test_a_conv_head_that_is_not_1x1_is_refused():
+    net = tv.squeezenet1_1(weights=None, num_classes=4)
+    with pytest.raises(TypeError, match=r"model\.features\.0 is a Conv2d with kernel \(3, 3\),"
+                       r" stride \(2, 2\), groups 1: SARClassifier takes an nn\.Linear or a 1x1"
+                       r" conv head; for a conv that classifies a feature map use"
+                       r" SARSegmentationModel or RegularizedModel"):
+        SARClassifier(net, head_name="features.0")

@@ -18,9 +18,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from sar.plots import (  # noqa: E402
     class_palette,
     colorize_mask,
+    paired_gaps,
     plot_anchor_cosines,
     plot_embedding,
+    plot_paired_gaps,
     plot_per_class,
+    plot_per_class_seeds,
     plot_segmentation_overlay,
     plot_sweep,
     plot_training_curves,
@@ -429,6 +432,74 @@ def test_metric_curves_take_colours_for_some_levels_and_keep_the_rest():
     assert to_rgb(y_line.get_color()) == to_rgb("#123456")
     assert to_rgb(x_line.get_color()) == to_rgb(level_colors(["x", "y"])[0])
     plt.close(ax.figure)
+
+
+def _paired_runs() -> pd.DataFrame:
+    # two factors x three seeds; each method's value is CE's plus a known per-seed gap
+    rows = []
+    for factor in (10, 100):
+        for seed in range(3):
+            base = 0.5 + 0.1 * seed + 0.01 * factor / 10  # seed noise shared by every method
+            rows += [{"method": "ce", "imbalance_factor": factor, "seed": seed, "acc": base},
+                     {"method": "sar", "imbalance_factor": factor, "seed": seed,
+                      "acc": base + 0.01 * (seed + 1)},
+                     {"method": "logit_adjusted", "imbalance_factor": factor, "seed": seed,
+                      "acc": base - 0.02}]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # pairing must not rely on order
+
+
+def test_paired_gaps_subtract_the_reference_of_the_same_seed_and_setting():
+    gaps = paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", scale=100.0)
+    sar = gaps[gaps["method"] == "sar"].sort_values(["imbalance_factor", "seed"])
+    np.testing.assert_allclose(sar["gap"], [1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(gaps.loc[gaps["method"] == "logit_adjusted", "gap"], -2.0)
+    assert "ce" not in set(gaps["method"])
+
+
+def test_paired_gaps_refuse_an_unknown_reference_and_ambiguous_rows():
+    runs = _paired_runs()
+    with pytest.raises(ValueError, match="not a value"):
+        paired_gaps(runs, "acc", "prototype", "imbalance_factor")
+    with pytest.raises(ValueError, match="several rows"):
+        paired_gaps(pd.concat([runs, runs]), "acc", "ce", "imbalance_factor")
+
+
+def test_paired_gap_plot_draws_every_seed_the_mean_and_std_and_the_zero_line():
+    ax = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor")
+    dots = [c for c in ax.collections if c.get_offsets().shape[0] == 3]
+    assert len(dots) == 4  # two methods x two factors, one dot per seed
+    sar_dots = sorted(dots[0].get_offsets()[:, 1])
+    np.testing.assert_allclose(sar_dots, [1.0, 2.0, 3.0])
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    mean_y = bars[0].lines[0].get_ydata()[0]
+    assert mean_y == pytest.approx(2.0)
+    low, high = bars[0].lines[2][0].get_segments()[0][:, 1]
+    assert (high - low) / 2 == pytest.approx(1.0)  # std (ddof=1) of 1, 2, 3
+    assert any(line.get_ydata()[0] == 0 for line in ax.get_lines())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SAR", "logit-adjusted CE"]
+    plt.close("all")
+
+
+def test_paired_gap_plot_refuses_more_than_five_methods_per_panel():
+    runs = _paired_runs()
+    extra = pd.concat([runs[runs["method"] == "sar"].assign(method=f"variant {k}")
+                       for k in range(4)])
+    with pytest.raises(ValueError, match="at most 5"):
+        plot_paired_gaps(pd.concat([runs, extra]), "acc", "ce", "imbalance_factor")
+
+
+def test_per_class_seed_lines_run_head_to_tail_with_mean_and_std_over_seeds():
+    counts = [5, 50, 20]  # head is class 1, then 2, then 0
+    seeds = np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 6.0]])  # (S=2, C=3)
+    ax = plot_per_class_seeds({"sar": seeds}, counts, class_names=["a", "b", "c"])
+    bar = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    np.testing.assert_allclose(bar.lines[0].get_ydata(), [2.0, 4.0, 1.0])  # b, c, a
+    low, high = bar.lines[2][0].get_segments()[1][:, 1]  # class c: 2 and 6, std 2.83
+    assert (high - low) / 2 == pytest.approx(np.std([2.0, 6.0], ddof=1))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b\n(50)", "c\n(20)", "a\n(5)"]
+    with pytest.raises(ValueError, match="2 classes"):
+        plot_per_class_seeds({"sar": np.zeros((2, 2))}, counts)
 
 
 def test_plot_features_2d_draws_features_as_they_are_with_stars_and_says_what_it_leaves_out():

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from test_train import blob_images as blobs  # (n, 1, 12, 12) images, class c in quadrant c
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
@@ -50,17 +51,6 @@ def classifier(seed: int = 0) -> SARClassifier:
     # the gate opens within a few steps, so the EMA and the pull take part in the run
     return SARClassifier(SmallCNN(num_classes=C, in_channels=1, width=4, feat_dim=8),
                          update_conf=0.3, momentum=0.9)
-
-
-def blobs(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(n, 1, 12, 12)`` noisy images whose class lights up one quadrant, labels ``(n,)``."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % C
-    images = 0.3 * torch.randn(n, 1, 12, 12, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        row, col = divmod(c, 2)
-        images[i, 0, 6 * row:6 * row + 6, 6 * col:6 * col + 6] += 1.0
-    return images, labels
 
 
 class NoisyBlobs(Dataset):
@@ -491,3 +481,23 @@ def test_accumulate_must_be_a_positive_int(accumulate) -> None:
     with pytest.raises(ValueError, match="accumulate must be an int >= 1"):
         quiet_fit(classifier(), DataLoader(TensorDataset(images, labels), batch_size=4),
                   accumulate=accumulate)
+
+
+class TwoOutputs(nn.Module):
+    """Returns ``(logits, logits)`` like timm's distilled models in distilled training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
+        self.fc = nn.Linear(8, C)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.fc(self.body(x))
+        return logits, logits
+
+
+def test_fit_refuses_a_model_that_returns_several_outputs() -> None:
+    images, labels = blobs(8)
+    with pytest.raises(TypeError, match="returned a tuple, not one logits tensor"):
+        quiet_fit(SARClassifier(TwoOutputs()), DataLoader(TensorDataset(images, labels),
+                                                          batch_size=4))

@@ -70,6 +70,7 @@ from .runner import grid_status, results_or_reduced_grid, run_grid, with_tuned_o
 from .runs import (
     LongTailData,
     add_shot_group_iou,
+    build_classification_model,
     build_scene_model,
     cached_scene_run,
     encoder_record,
@@ -81,6 +82,7 @@ from .runs import (
     run_segmentation,
     scene_pixel_counts,
     scene_shot_groups,
+    train_classification,
     train_on_scenes,
 )
 from .store import (
@@ -122,6 +124,7 @@ __all__ = [
     "TUNING",
     "ablation_grid",
     "add_shot_group_iou",
+    "build_classification_model",
     "append_row",
     "append_rows",
     "build_scene_model",
@@ -170,6 +173,7 @@ __all__ = [
     "setups",
     "summarise",
     "summary_markdown",
+    "train_classification",
     "train_on_scenes",
     "tuning_grid",
     "with_tuned_options",

@@ -74,21 +74,49 @@ def method_name(run: Run) -> str:
     return {"ce": "logit_adjusted", "sar": "sar_logit_adjusted"}[name]
 
 
-def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,
-                       cache: dict[float, LongTailData]) -> dict[str, Any]:
+def build_classification_model(run: Run, setup: ClassificationSetup, counts: list[int],
+                               in_channels: int = 1
+                               ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The untrained wrapped SmallCNN and criterion of a long-tail run (``counts``: training
+    images per class), initialised from the global seed (the caller seeds it); what
+    :func:`train_classification` trains, and the shell to load a trained state dict into."""
+    net = SmallCNN(len(counts), in_channels, width=setup.width, feat_dim=setup.feat_dim)
+    options = run.options.get("method_options", {})
+    return build_method(method_name(run), net, counts=counts, **options)
+
+
+def train_classification(run: Run, setup: ClassificationSetup, device: torch.device,
+                         cache: dict[float, LongTailData]
+                         ) -> tuple[torch.nn.Module, list[dict[str, Any]], LongTailData]:
+    """Train the model of one long-tail grid cell exactly as the grid does.
+
+    ``cache`` keeps the data of each imbalance factor between calls (filled when missing).
+
+    Returns:
+        ``(model, history, data)``: the trained wrapped model, :func:`~sar.train.fit`'s
+        history and the run's :class:`LongTailData`.
+    """
     factor = run.options["imbalance_factor"]
     if factor not in cache:
         cache[factor] = load_longtail_data(setup, factor)
     lt = cache[factor]
-    num_classes, in_channels = len(lt.counts), lt.train.images.shape[1]
     generator = seed_everything(run.seed)
-    net = SmallCNN(num_classes, in_channels, width=setup.width, feat_dim=setup.feat_dim)
-    options = run.options.get("method_options", {})
-    model, criterion = build_method(method_name(run), net, counts=lt.counts, **options)
+    model, criterion = build_classification_model(run, setup, lt.counts,
+                                                  lt.train.images.shape[1])
     loader = DataLoader(lt.train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, lr=setup.lr,
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
                   progress=False, log_every=50)
+    return model, history, lt
+
+
+def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,
+                       cache: dict[float, LongTailData]) -> dict[str, Any]:
+    """One long-tail grid cell: :func:`train_classification`, then its result row (test
+    scores; validation scores for the tuning grid)."""
+    model, history, lt = train_classification(run, setup, device, cache)
+    factor, num_classes = run.options["imbalance_factor"], len(lt.counts)
+    options = run.options.get("method_options", {})
     if run.experiment == "tuning":  # knobs are chosen on validation data, never on the test
         return _validation_row(model, lt, device) | {"imbalance_factor": factor}
     anchors = getattr(model.regularizer, "semantic_anchors", None)

@@ -8,6 +8,9 @@ Three families, all taking torch tensors (numpy arrays are converted):
   (:func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`), plus the streaming
   :class:`ConfusionMeter` for evaluation loops, and :func:`segmentation_summary`, one table
   row from a segmentation evaluation.
+* **Classifier bias** - :func:`classifier_weights` (per-class weight norms and biases) and
+  :func:`logit_statistics` (mean logits, prediction shares): how far a head favours the
+  frequent classes.
 * **Representation geometry** - how tightly features cluster around their class mean or
   anchor (:func:`representation_metrics`, including neural-collapse NC1;
   :func:`target_distance_ratio` per class, scale-free) and how much class
@@ -16,6 +19,7 @@ Three families, all taking torch tensors (numpy arrays are converted):
 Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
 """
 
+from .classifier import classifier_weights, logit_statistics
 from .geometry import (
     FeatureSnapshot,
     RepresentationTracker,
@@ -47,9 +51,11 @@ __all__ = [
     "accuracy",
     "center_drift",
     "class_means",
+    "classifier_weights",
     "confusion_matrix",
     "geometry_drift",
     "iou_per_class",
+    "logit_statistics",
     "mean_iou",
     "model_anchors",
     "per_class_accuracy",

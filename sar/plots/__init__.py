@@ -18,7 +18,16 @@ from .geometry import (
     plot_features_2d,
     plot_target_distances,
 )
-from .results import plot_bars, plot_per_class, plot_sweep, plot_sweep_panels, sweep_summary
+from .results import (
+    paired_gaps,
+    plot_bars,
+    plot_paired_gaps,
+    plot_per_class,
+    plot_per_class_seeds,
+    plot_sweep,
+    plot_sweep_panels,
+    sweep_summary,
+)
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
     BACKGROUND_RGB,
@@ -68,6 +77,7 @@ __all__ = [
     "loss_equation",
     "method_color",
     "method_label",
+    "paired_gaps",
     "plot_anchor_cosines",
     "plot_anchor_probabilities",
     "plot_bars",
@@ -76,7 +86,9 @@ __all__ = [
     "plot_features_2d",
     "plot_target_distances",
     "plot_metric_curves",
+    "plot_paired_gaps",
     "plot_per_class",
+    "plot_per_class_seeds",
     "plot_sar_pipeline",
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",

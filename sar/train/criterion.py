@@ -18,14 +18,14 @@ CE_MEAN_OVER = ("labelled", "all")
 
 
 class IgnoreSafeCrossEntropy(nn.CrossEntropyLoss):
-    """``nn.CrossEntropyLoss`` that gives 0, not NaN, on a batch with no labelled position.
+    r"""``nn.CrossEntropyLoss`` that gives 0, not NaN, on a batch with no labelled position.
 
     A segmentation batch whose masks are all ``ignore_index`` (a crop of pure boundary or
     void) is legitimate: it contributes no task gradient and training goes on. PyTorch's mean
     divides by zero valid targets there; this keeps its value bit for bit on every other batch.
 
     Args:
-        *args, **kwargs: those of ``nn.CrossEntropyLoss``.
+        \*args, \*\*kwargs: those of ``nn.CrossEntropyLoss``.
         mean_over: what ``reduction="mean"`` divides the summed loss by. ``"labelled"``
             (PyTorch's): the labelled positions (their class weights, with ``weight=``).
             ``"all"``: every position, ignored ones included, as mmsegmentation 0.29's

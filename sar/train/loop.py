@@ -46,6 +46,16 @@ def _history_key(name: str) -> str:
     return "reg_loss" if name == "loss" else name
 
 
+def _check_logits(logits: Any) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"the model returned a {type(logits).__name__}, not one logits tensor, so fit cannot"
+            " score it: a model with several outputs (timm's set_distilled_training(True), an"
+            " auxiliary head) needs its own training loop, or set it to return one tensor"
+            " (set_distilled_training(False), aux_logits=False)"
+        )
+
+
 def _first_failure(detail: str | None) -> str:
     """The first failing rank's message, the same on every rank (as is in one process)."""
     details = distributed.gather_objects(detail)
@@ -85,6 +95,7 @@ class _Trainer:
                 logits, reg = self.model(x, y)  # through DDP's forward, so gradients sync
             else:
                 logits, reg = self.model(x), {}
+            _check_logits(logits)
             self._check_ignore_index(logits)
             task = self.criterion(logits, y)
         return task, (task + reg["loss"] if reg else task), reg
