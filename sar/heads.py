@@ -159,6 +159,23 @@ def _refuse_aux_logits(model: nn.Module) -> None:
         )
 
 
+def head_names(model: nn.Module, head_name: str | Sequence[str] | None = None
+               ) -> tuple[str, ...]:
+    """The heads to wrap: ``head_name`` (a dotted name or a sequence of them, each checked by
+    :func:`head_layer`), or all of them found by :func:`find_heads`."""
+    if head_name is None:
+        return find_heads(model)
+    names = (head_name,) if isinstance(head_name, str) else tuple(head_name)
+    for name in names:
+        head_layer(model, name)
+    return names
+
+
+def one_per_head(regularizers: Sequence[nn.Module]) -> nn.Module:
+    """The regulariser of a one-head model, or a :class:`HeadsRegularizer` of one per head."""
+    return regularizers[0] if len(regularizers) == 1 else HeadsRegularizer(list(regularizers))
+
+
 def head_layer(model: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
     """``model.<name>``, checked by :func:`check_head_layer` (``TypeError`` if it is none)."""
     layer = _submodule(model, name)

@@ -44,7 +44,8 @@ from .baselines import (
     NoRegularizer,
     PrototypeRegularizer,
 )
-from .heads import HeadsRegularizer, find_heads, head_layer
+from .heads import head_names as find_head_names
+from .heads import one_per_head
 from .models import RegularizedModel, SARClassifier, SARSegmentationModel, smp_head_names
 from .regularizer import SemanticAnchorRegularizer
 
@@ -83,16 +84,6 @@ SAR_METHODS = ("sar", "sar_class_pull", "sar_logit_adjusted")
 def is_segmentation_model(model: nn.Module) -> bool:
     """True for smp-style models (a ``segmentation_head``), False for classifiers."""
     return hasattr(model, "segmentation_head")
-
-
-def _head_names(model: nn.Module, head_name: str | Sequence[str] | None) -> tuple[str, ...]:
-    """The classifier heads to wrap: named, or found by :func:`~sar.heads.find_heads`."""
-    if head_name is None:
-        return find_heads(model)
-    names = (head_name,) if isinstance(head_name, str) else tuple(head_name)
-    for name in names:
-        head_layer(model, name)
-    return names
 
 
 def _head_dims(model: nn.Module, head_names: Sequence[str]) -> list[tuple[int, int]]:
@@ -161,7 +152,7 @@ def build(
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     segmentation = is_segmentation_model(model)
-    head_names = () if segmentation else _head_names(model, head_name)
+    head_names = () if segmentation else find_head_names(model, head_name)
     dims = _head_dims(model, head_names)
     if name in _ETF_HEADS:
         variant, make_criterion = _ETF_HEADS[name]
@@ -175,7 +166,7 @@ def build(
     make_regularizer = _REGULARIZERS[_LOGIT_ADJUSTED.get(name, name)]
     regularizers = [make_regularizer(num_classes, feat_dim, **options)
                     for num_classes, feat_dim in dims]
-    regularizer = regularizers[0] if len(regularizers) == 1 else HeadsRegularizer(regularizers)
+    regularizer = one_per_head(regularizers)
     criterion = _criterion(name, counts, tau, regularizers[0], segmentation)
     if segmentation:
         return SARSegmentationModel(model, regularizer), criterion

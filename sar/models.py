@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .heads import HeadsRegularizer, find_heads, head_layer, image_labels
+from .heads import find_heads, head_layer, head_names, image_labels, one_per_head
 from .networks import SmallCNN, build_classifier, build_smp_model  # noqa: F401 (the API)
 from .regularizer import SemanticAnchorRegularizer
 
@@ -337,8 +337,7 @@ class SARClassifier(RegularizedModel):
         head_name: str | Sequence[str] | None = None,
         **sar_options: Any,
     ) -> None:
-        names = find_heads(model) if head_name is None else (
-            (head_name,) if isinstance(head_name, str) else tuple(head_name))
+        names = head_names(model, head_name)
         layers = [head_layer(model, name) for name in names]
         regularizer = _head_regularizer(model, names, layers, regularizer, sar_options)
         super().__init__(model, names[0], names[0], regularizer)
@@ -380,9 +379,8 @@ def _head_regularizer(model: nn.Module, names: Sequence[str], layers: Sequence[n
                 " order, or leave regularizer=None for SAR on each"
             )
         return regularizer
-    per_head = [SemanticAnchorRegularizer(out, width, **sar_options)
-                for width, out in map(_layer_shape, layers)]
-    return per_head[0] if len(per_head) == 1 else HeadsRegularizer(per_head)
+    return one_per_head([SemanticAnchorRegularizer(out, width, **sar_options)
+                         for width, out in map(_layer_shape, layers)])
 
 
 def bare_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
