@@ -19,6 +19,7 @@ from torch import nn
 
 from .heads import find_heads, head_layer, head_names, image_labels, one_per_head
 from .networks import SmallCNN, build_classifier, build_smp_model  # noqa: F401 (the API)
+from .pull import HeadRoute, pulls_through_heads
 from .regularizer import SemanticAnchorRegularizer
 
 
@@ -43,9 +44,16 @@ class _InputTap:
         self.inputs: dict[nn.Module, Any] = {}
         self.hook_ids: tuple[int, ...] = ()
 
-    def _record(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if module in self.inputs:
+    def _record(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if module not in self.inputs:
+            return None
+        if not HeadRoute.applies_to(args[0]):
             self.inputs[module] = args[0]
+            return None
+        # the head gets the features through a HeadRoute, so the pull's gradient for them is
+        # added into the head's instead of waiting beside it (sar.pull)
+        route = self.inputs[module] = HeadRoute(args[0])
+        return (route.head_input, *args[1:])
 
     def attach(self, head: nn.Module) -> None:
         """Register the hook on ``head`` unless it is there already (a new head gets it)."""
@@ -56,6 +64,7 @@ class _InputTap:
         self.inputs[head] = None
 
     def take(self, head: nn.Module) -> Any:
+        """The head's input in the call just made, or its :class:`~sar.pull.HeadRoute`."""
         return self.inputs.pop(head, None)
 
 
@@ -157,18 +166,20 @@ class RegularizedModel(nn.Module):
         if not self.training or labels is None:
             return self.model(x)
         classifier = self._unchanged_classifier()
-        features, logits = self.features_and_logits(x)
-        return TrainOutput(logits, self.regularizer(features, labels, classifier))
+        (features,), logits, routes = self._tapped_forward(x, (self.head_name,))
+        with pulls_through_heads(routes):
+            return TrainOutput(logits, self.regularizer(features, labels, classifier))
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input feature (``(B, D)`` or ``(B, D, H, W)``) and the model's output."""
-        (features,), logits = self._tapped_forward(x, (self.head_name,))
+        (features,), logits, _ = self._tapped_forward(x, (self.head_name,))
         return features, logits
 
     def _tapped_forward(
         self, x: torch.Tensor, head_names: Sequence[str]
-    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """``model(x)`` and the input of each named head in that call."""
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, tuple[HeadRoute, ...]]:
+        """``model(x)``, the input of each named head in that call, and the routes by which
+        the heads received them (for :func:`~sar.pull.pulls_through_heads`)."""
         heads = [_submodule(self.model, name, "head") for name in head_names]
         for head in heads:
             self._tap.attach(head)
@@ -176,7 +187,10 @@ class RegularizedModel(nn.Module):
         try:
             logits = self.model(x)
         finally:
-            features = tuple(self._tap.take(head) for head in heads)
+            taken = tuple(self._tap.take(head) for head in heads)
+        routes = tuple(item for item in taken if isinstance(item, HeadRoute))
+        features = tuple(item.features if isinstance(item, HeadRoute) else item
+                         for item in taken)
         silent = [f"{name!r} ({type(head).__name__})" for name, head, feature
                   in zip(head_names, heads, features, strict=True) if feature is None]
         if silent:
@@ -186,7 +200,7 @@ class RegularizedModel(nn.Module):
                 " it bypassed? Wrap the model after changing its head (e.g. after timm's"
                 " reset_classifier), or name the layer that runs"
             )
-        return features, logits
+        return features, logits, routes
 
     def _unchanged_classifier(self) -> nn.Module:
         return self._unchanged(self.classifier_name, self._classifier_shape)
@@ -353,17 +367,20 @@ class SARClassifier(RegularizedModel):
             return super().forward(x, labels)
         classifiers = [self._unchanged(name, shape)
                        for name, shape in zip(self.head_names, self._head_shapes, strict=True)]
-        features, logits = self.head_features_and_logits(x)
+        features, logits, routes = self._tapped_forward(x, self.head_names)
         per_head = [image_labels(feature, labels) for feature in features]
-        if len(features) == 1:
-            return TrainOutput(logits, self.regularizer(features[0], per_head[0], classifiers[0]))
-        return TrainOutput(logits, self.regularizer(features, per_head, classifiers))
+        with pulls_through_heads(routes):
+            if len(features) == 1:
+                return TrainOutput(
+                    logits, self.regularizer(features[0], per_head[0], classifiers[0]))
+            return TrainOutput(logits, self.regularizer(features, per_head, classifiers))
 
     def head_features_and_logits(
         self, x: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Every head's input feature, in :attr:`head_names` order, and the model's output."""
-        return self._tapped_forward(x, self.head_names)
+        features, logits, _ = self._tapped_forward(x, self.head_names)
+        return features, logits
 
 
 def _head_regularizer(model: nn.Module, names: Sequence[str], layers: Sequence[nn.Module],

@@ -15,11 +15,21 @@ gradient ``2 (f - a_y) / D`` slice by slice into one tensor of the features' dty
 gradients are bit for bit the plain expression's where the map is one slice, and equal within
 float32 rounding where it is sliced. The cosine distance (an ablation option) keeps the plain
 expression.
+
+Where the features also enter a head (the wrapped models' case) the pull's gradient for them
+would sit in autograd's buffer, feature-sized, from the start of the backward pass, while the
+head's backward, where a step's memory peaks, runs beside it. :class:`HeadRoute` defers it: the
+head receives the features through an identity node, the pull (computed on that node's output,
+so the graph orders the two) hands its output gradient to the node and returns none, and the
+node adds the pull's gradient into the head's slice by slice. The sum is bit for bit the one
+autograd forms (float addition commutes), so nothing about training changes but the peak.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +39,22 @@ import torch.nn.functional as F
 # than the task loss's own (a log-softmax over every pixel), so slicing would add launches only
 SLICES = 8
 SLICE_ABOVE = 2**22
+# the deferred gradient of half features is elementwise, so slicing it changes no bit: it is cut
+# from smaller maps on, so that its one float32 temporary is an eighth of the map
+DEFERRED_SLICES = 8
+DEFERRED_SLICE_ABOVE = 2**16
 
 
-def _slices(features: torch.Tensor) -> Iterator[tuple[slice, slice]]:
-    """(batch, row) index pairs that cut a ``(B, D, H, W)`` map into about ``SLICES`` pieces
-    (a ``(B, D)`` batch is one piece: it is small)."""
-    if features.dim() == 2 or features.numel() <= SLICE_ABOVE:
+def _slices(features: torch.Tensor, pieces: int = SLICES,
+            above: int = SLICE_ABOVE) -> Iterator[tuple[slice, slice]]:
+    """(batch, row) index pairs that cut a ``(B, D, H, W)`` map into about ``pieces`` pieces
+    if it has more than ``above`` elements (a ``(B, D)`` batch is one piece: it is small)."""
+    if features.dim() == 2 or features.numel() <= above:
         yield slice(None), slice(None)
         return
     batch, height = features.shape[0], features.shape[2]
-    per_image = -(-SLICES // batch)  # ceil: small batches are cut along the rows too
-    images = max(1, batch // SLICES)
+    per_image = -(-pieces // batch)  # ceil: small batches are cut along the rows too
+    images = max(1, batch // pieces)
     for b in range(0, batch, images):
         rows = -(-height // per_image) if images == 1 else height
         for h in range(0, height, rows):
@@ -74,20 +89,25 @@ def _mse_grad(features: torch.Tensor, target: torch.Tensor,
     return (features - target).mul_(2).mul_(grad_out.unsqueeze(1) / features.shape[1])
 
 
+def _mse_map(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``mean_d (f - a_y)^2`` per position, slice by slice."""
+    pieces = [(where, _mse(_piece(features, where, channels=True),
+                           _target(anchors, _piece(labels, where, channels=False))))
+              for where in _slices(features)]
+    if len(pieces) == 1:
+        return pieces[0][1]
+    out = features.new_empty(labels.shape, dtype=pieces[0][1].dtype)
+    for where, value in pieces:
+        _piece(out, where, channels=False).copy_(value)
+    return out
+
+
 class _PerPositionMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: torch.Tensor, anchors: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(features, anchors, labels)
-        pieces = [(where, _mse(_piece(features, where, channels=True),
-                               _target(anchors, _piece(labels, where, channels=False))))
-                  for where in _slices(features)]
-        if len(pieces) == 1:
-            return pieces[0][1]
-        out = features.new_empty(labels.shape, dtype=pieces[0][1].dtype)
-        for where, value in pieces:
-            _piece(out, where, channels=False).copy_(value)
-        return out
+        return _mse_map(features, anchors, labels)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
@@ -107,6 +127,146 @@ class _PerPositionMSE(torch.autograd.Function):
         return grad, None, None
 
 
+def _rows(tensor: torch.Tensor, pieces: int) -> tuple[torch.Tensor, ...]:
+    """``pieces`` views of a ``(B, D, H, W)`` map or ``(B, H, W)`` label map along H."""
+    return tensor.tensor_split(pieces, dim=tensor.dim() - 2) if pieces > 1 else (tensor,)
+
+
+def _add_mse_grad(into: torch.Tensor, features: torch.Tensor, anchors: torch.Tensor,
+                  labels: torch.Tensor, grad_out: torch.Tensor) -> None:
+    """``into += grad_out * d/df mean_d (f - a_y)^2``, formed in the one temporary it needs,
+    the gathered anchors: ``(a - f) * -2`` is ``(f - a) * 2`` exactly (rounding is symmetric),
+    then the products of :func:`_mse_grad`, so the sum is bit for bit autograd's."""
+    grad = _target(anchors, labels).sub_(features).mul_(-2)
+    into.add_(grad.mul_(grad_out.unsqueeze(1) / features.shape[1]).to(into.dtype))
+
+
+def _gathered_target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The anchors of ``labels`` as a new contiguous ``(B, D[, H, W])`` tensor, in one gather."""
+    if labels.dim() == 1:
+        return anchors[labels]
+    (b, h, w), (c, d) = labels.shape, anchors.shape
+    index = labels.reshape(b, 1, h * w).expand(b, d, h * w)
+    return anchors.t().unsqueeze(0).expand(b, d, c).gather(2, index).view(b, d, h, w)
+
+
+def _new_mse_grad(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
+                  grad_out: torch.Tensor) -> torch.Tensor:
+    """The pull's gradient in a new tensor, the gathered anchors' own: ``(a - f) * -2`` is
+    ``(f - a) * 2`` exactly (rounding is symmetric), then the product of :func:`_mse_grad`."""
+    grad = _gathered_target(anchors, labels).sub_(features).mul_(-2)
+    return grad.mul_(grad_out.unsqueeze(1) / features.shape[1])
+
+
+class _HeadInput(torch.autograd.Function):
+    """Identity on the head's input; its backward adds the pulls' deferred gradients.
+
+    With float32 (or float64) features that are contiguous, the pull's gradient is formed in
+    one new tensor and the head's is added into it: two maps at once, as in the backward of the
+    layer below. Half features (whose pull gradient is float32) or another memory layout get a
+    copy of the head's gradient, and the pull's is added slice by slice.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, pending: list) -> torch.Tensor:
+        ctx.save_for_backward(features)
+        ctx.pending = pending
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (features,) = ctx.saved_tensors
+        owned = False  # autograd may hand the same gradient to others: never write into theirs
+        while ctx.pending:
+            anchors, labels, grad_out = ctx.pending.pop(0)
+            if not owned and features.is_contiguous() and anchors.dtype == features.dtype:
+                grad = _new_mse_grad(features, anchors, labels, grad_out).add_(grad)
+            else:
+                grad = grad if owned else grad.clone()
+                _add_sliced_mse_grad(grad, features, anchors, labels, grad_out)
+            owned = True
+        return grad, None
+
+
+def _add_sliced_mse_grad(into: torch.Tensor, features: torch.Tensor, anchors: torch.Tensor,
+                         labels: torch.Tensor, grad_out: torch.Tensor) -> None:
+    """``into += `` the pull's gradient, in about ``DEFERRED_SLICES`` row slices."""
+    pieces = (DEFERRED_SLICES if features.dim() == 4
+              and features.numel() > DEFERRED_SLICE_ABOVE else 1)
+    for part in zip(*(_rows(t, pieces) for t in (into, features, labels, grad_out)),
+                    strict=True):
+        piece_into, piece_features, piece_labels, piece_grad_out = part
+        piece_into.add_(_new_mse_grad(piece_features, anchors, piece_labels,
+                                      piece_grad_out).to(into.dtype))
+
+
+def _rows(tensor: torch.Tensor, pieces: int) -> tuple[torch.Tensor, ...]:
+    """``pieces`` views of a ``(B, D, H, W)`` map or ``(B, H, W)`` label map along H."""
+    return tensor.tensor_split(pieces, dim=tensor.dim() - 2) if pieces > 1 else (tensor,)
+
+
+class _DeferredMSE(torch.autograd.Function):
+    """The MSE pull on a head's routed input: its backward hands the output gradient to the
+    :class:`_HeadInput` node that made the input and returns none itself."""
+
+    @staticmethod
+    def forward(ctx, head_input: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
+                pending: list) -> torch.Tensor:
+        ctx.save_for_backward(anchors, labels)
+        ctx.pending = pending
+        return _mse_map(head_input, anchors, labels)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[None, None, None, None]:
+        anchors, labels = ctx.saved_tensors
+        ctx.pending.append((anchors, labels, grad_out))
+        return None, None, None, None
+
+
+class HeadRoute:
+    """A head's input ``features`` and ``head_input``, the same values through an identity node
+    that adds the gradient of every MSE pull taken on ``features`` inside
+    :func:`pulls_through_heads` to the head's gradient, instead of beside it (see the module
+    docstring). Gradients reaching ``features`` are unchanged; only a hook on the head itself,
+    which sees ``head_input``, sees the head's gradient without the pull's.
+    """
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.head_input = _HeadInput.apply(features, self.pending)
+
+    @staticmethod
+    def applies_to(value: object) -> bool:
+        """Whether a head input is worth routing: a floating tensor that autograd tracks, in
+        eager mode (a compiled graph plans its own memory)."""
+        return (isinstance(value, torch.Tensor) and value.is_floating_point()
+                and value.requires_grad and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling())
+
+
+_ROUTES: ContextVar[tuple[HeadRoute, ...]] = ContextVar("sar_head_routes", default=())
+
+
+@contextmanager
+def pulls_through_heads(routes: Sequence[HeadRoute]) -> Iterator[None]:
+    """Within this block an MSE pull on a routed ``features`` tensor defers its gradient."""
+    if not routes:  # nothing routed (e.g. while compiling, where a ContextVar cannot be set)
+        yield
+        return
+    token = _ROUTES.set(tuple(routes))
+    try:
+        yield
+    finally:
+        _ROUTES.reset(token)
+
+
+def _route_of(features: torch.Tensor) -> HeadRoute | None:
+    if torch.compiler.is_compiling():  # nothing is routed in a compiled graph
+        return None
+    return next((route for route in _ROUTES.get() if route.features is features), None)
+
+
 def per_position_distance(
     features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor, distance: str = "mse"
 ) -> torch.Tensor:
@@ -124,10 +284,15 @@ def per_position_distance(
 
     Returns:
         ``(B,)`` or ``(B, H, W)``, in ``promote_types(features.dtype, anchors.dtype)`` (float32
-        for half features). The gradient reaching ``features`` has their dtype.
+        for half features). The gradient reaching ``features`` has their dtype. Inside
+        :func:`pulls_through_heads`, for a routed ``features``, the MSE gradient is added to
+        the head's in its :class:`HeadRoute` (same values, no feature-sized buffer).
     """
     anchors = anchors.detach()
     if distance == "mse":
+        route = _route_of(features)
+        if route is not None:
+            return _DeferredMSE.apply(route.head_input, anchors, labels, route.pending)
         return _PerPositionMSE.apply(features, anchors, labels)
     target = _target(anchors, labels)
     return 1.0 - F.cosine_similarity(features.to(target.dtype), target, dim=1)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from test_training_step import TinySegmenter, classifier_case, segmentation_case, train_step
 
+import sar
 from sar import pull
+from sar.benchmark import TrainStep, profile_step
 from sar.pull import per_position_distance
 
 
@@ -108,3 +113,92 @@ def test_the_pull_saves_nothing_feature_sized_but_the_features(dtype):
         lambda: plain_distance(features, anchors, labels, "mse").sum(), features)
     assert ours == []
     assert plain  # the plain expression keeps (features - target) in float32 for backward
+
+
+# ------------------------------------------------- the pull's gradient routed through the head
+def routed_and_plain(monkeypatch, case, step):
+    """``step(model, x, y)`` on a wrapped model with the head route and on its deep copy with
+    routing switched off (the pull's gradient then meets the head's in autograd's buffer)."""
+    model, x, y = case()
+    plain = copy.deepcopy(model)
+    torch.manual_seed(1)
+    routed_out = step(model, x, y)
+    with monkeypatch.context() as patch:
+        patch.setattr(pull.HeadRoute, "applies_to", staticmethod(lambda value: False))
+        torch.manual_seed(1)
+        plain_out = step(plain, x, y)
+    return (model, routed_out), (plain, plain_out)
+
+
+def grads(model):
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+def half_segmentation_case():
+    model, x, y = segmentation_case()
+    return model.to(torch.bfloat16), x.to(torch.bfloat16), y
+
+
+def channels_last_segmentation_case():
+    model, x, y = segmentation_case()
+    return model.to(memory_format=torch.channels_last), x, y
+
+
+@pytest.mark.parametrize("case", [segmentation_case, classifier_case, half_segmentation_case,
+                                  channels_last_segmentation_case],
+                         ids=["seg", "cls", "seg_bf16_sliced", "seg_channels_last_sliced"])
+def test_the_routed_pull_trains_bit_for_bit_as_the_plain_one(monkeypatch, case):
+    monkeypatch.setattr(pull, "DEFERRED_SLICE_ABOVE", 1)  # where it slices, it does
+    (routed, _), (plain, _) = routed_and_plain(monkeypatch, case, train_step)
+    assert len(grads(routed)) == len(grads(plain)) == len(list(plain.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(grads(routed), grads(plain), strict=True))
+    assert torch.equal(routed.regularizer.semantic_anchors, plain.regularizer.semantic_anchors)
+
+
+def test_the_pull_alone_differentiates_through_the_route(monkeypatch):
+    """No head gradient at all (autograd.grad of the pull only): the route adds the pull's to
+    zero, and a gradient taken twice from one graph is the plain one both times."""
+    def pull_grads(model, x, y):
+        pull_loss = model(x, y).losses["pull"]
+        params = list(model.model.body.parameters())
+        first = torch.autograd.grad(pull_loss, params, retain_graph=True)
+        return first, torch.autograd.grad(pull_loss, params)
+
+    (_, routed), (_, plain) = routed_and_plain(monkeypatch, segmentation_case, pull_grads)
+    assert any(g.abs().sum() > 0 for g in routed[0])
+    for routed_grads, plain_grads in zip(routed, plain, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(routed_grads, plain_grads, strict=True))
+
+
+def test_a_gradient_hook_on_the_features_sees_the_pull(monkeypatch):
+    def feature_grad(model, x, y):
+        seen = []
+
+        def keep_its_gradient(module, args, out):
+            out.register_hook(seen.append)
+
+        model.model.body.register_forward_hook(keep_its_gradient)
+        train_step(model, x, y)
+        return seen[0]
+
+    (_, routed), (_, plain) = routed_and_plain(monkeypatch, segmentation_case, feature_grad)
+    assert torch.equal(routed, plain)
+
+
+def test_the_route_keeps_no_pull_gradient_beside_the_heads(monkeypatch):
+    """The step's peak (CPU allocation trace) falls by about one feature map with the route:
+    the pull's gradient no longer waits in autograd's buffer during the head's backward."""
+    def peak(model, x, y):
+        step = TrainStep(model, x, y)
+        step(), step()
+        return profile_step(step, torch.device("cpu"))[0].peak_bytes
+
+    def case():
+        torch.manual_seed(0)
+        model = sar.SARSegmentationModel(TinySegmenter(classes=21, width=16),
+                                         use_gate=False).train()
+        return model, torch.randn(2, 3, 64, 64), torch.randint(0, 21, (2, 64, 64))
+
+    (_, routed), (_, plain) = routed_and_plain(monkeypatch, case, peak)
+    feature_map = 2 * 16 * 64 * 64 * 4
+    assert plain - routed >= 0.75 * feature_map, (plain, routed)
