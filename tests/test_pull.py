@@ -139,14 +139,32 @@ def half_segmentation_case():
     return model.to(torch.bfloat16), x.to(torch.bfloat16), y
 
 
+def float64_segmentation_case():
+    """A float64 network beside the float32 regulariser: the gradient is formed in float64."""
+    model, x, y = segmentation_case()
+    model.model.double()
+    return model, x.double(), y
+
+
 def channels_last_segmentation_case():
     model, x, y = segmentation_case()
     return model.to(memory_format=torch.channels_last), x, y
 
 
+def class_pull_segmentation_case():
+    return segmentation_case(pull_reduction="class")
+
+
+def all_ignored_segmentation_case():
+    model, x, y = segmentation_case()
+    return model, x, torch.full_like(y, 255)
+
+
 @pytest.mark.parametrize("case", [segmentation_case, classifier_case, half_segmentation_case,
-                                  channels_last_segmentation_case],
-                         ids=["seg", "cls", "seg_bf16_sliced", "seg_channels_last_sliced"])
+                                  float64_segmentation_case, channels_last_segmentation_case,
+                                  class_pull_segmentation_case, all_ignored_segmentation_case],
+                         ids=["seg", "cls", "seg_bf16_sliced", "seg_float64_sliced",
+                              "seg_channels_last_sliced", "seg_class_pull", "seg_all_ignored"])
 def test_the_routed_pull_trains_bit_for_bit_as_the_plain_one(monkeypatch, case):
     monkeypatch.setattr(pull, "DEFERRED_SLICE_ABOVE", 1)  # where it slices, it does
     (routed, _), (plain, _) = routed_and_plain(monkeypatch, case, train_step)
