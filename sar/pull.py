@@ -154,7 +154,8 @@ def _new_mse_grad(features: torch.Tensor, anchors: torch.Tensor, labels: torch.T
                   grad_out: torch.Tensor) -> torch.Tensor:
     """The pull's gradient in a new tensor, the gathered anchors' own: ``(a - f) * -2`` is
     ``(f - a) * 2`` exactly (rounding is symmetric), then the product of :func:`_mse_grad`."""
-    anchors = anchors.to(torch.promote_types(anchors.dtype, features.dtype))
+    dtype = torch.promote_types(anchors.dtype, features.dtype)
+    anchors = anchors if anchors.dtype == dtype else anchors.to(dtype)  # no op when it matches
     grad = _gathered_target(anchors, labels).sub_(features).mul_(-2)
     return grad.mul_(grad_out.unsqueeze(1) / features.shape[1])
 
