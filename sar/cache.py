@@ -266,18 +266,26 @@ def cached_in_processes(
         context = multiprocessing.get_context("spawn")  # no forked copy of a busy parent
         with ProcessPoolExecutor(min(processes, len(todo)), mp_context=context,
                                  initializer=_limit_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(_compute_and_store, name, config, compute, folder, smoke)
-                       for name, config, compute in todo]
+            futures = {pool.submit(_compute_and_store, name, config, compute, folder, smoke):
+                       cache_path(name, config, folder, smoke) for name, config, compute in todo}
             bar = tqdm(as_completed(futures), total=len(futures), desc=desc, unit="run",
                        disable=not show_progress(progress))
             try:
-                for future in bar:
-                    future.result()
+                seconds = {futures[future]: future.result() for future in bar}
             except BaseException:  # a failed or interrupted job: drop the ones not started
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        use = True  # every miss is stored now: load it
-    # a miss left (one job, one process, or an entry a worker could not store) computes here
+        values = []
+        for name, config, compute in jobs:  # every miss is stored now: load it
+            path = cache_path(name, config, folder, smoke)
+            fresh = path in seconds and path.is_file()
+            values.append(cached(name, config, compute, folder=folder, enabled=True,
+                                 smoke=smoke, verbose=verbose and not fresh))
+            if verbose and fresh:
+                print(f"{name}: computed in a worker process ({seconds[path]:.0f} s) and saved"
+                      f" to {_shown(path)}")
+        return values
+    # one job, one process: each miss computes here
     return [cached(name, config, compute, folder=folder, enabled=use, smoke=smoke,
                    verbose=verbose) for name, config, compute in jobs]
 
