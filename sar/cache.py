@@ -20,6 +20,8 @@ flag of :mod:`sar.config` is part of the key) never overwrite, nor read, full-ru
   ``os.replace``), so an interrupted run leaves the previous file or none, never half a file.
   An unreadable file is recomputed with a :class:`CacheWarning`; a result that cannot be
   saved (unpicklable, disk full) is returned all the same, with a warning.
+* Many at once: :func:`cached_in_processes` computes the missing entries of a list in worker
+  processes (one thread each), then loads every entry as :func:`cached` would.
 * What: anything ``torch.save`` pickles: tensors, state dicts, DataFrames, dicts of those.
   Prefer a state dict to a whole ``nn.Module`` (the pickle then needs the same class code).
   Loading unpickles, so only load caches you wrote yourself.
@@ -30,16 +32,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from .config import _FALSE, smoke_mode
+from .config import _FALSE, show_progress, smoke_mode
 from .files import atomic_torch_save
 
 T = TypeVar("T")
@@ -195,6 +199,95 @@ def cached(
     if verbose:
         print(f"{name}: computed and saved to {_shown(path)}")
     return value
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initialiser: ``threads`` intra-op threads (the parent's environment, e.g.
+    ``OMP_NUM_THREADS``, is inherited as it is)."""
+    torch.set_num_threads(threads)
+
+
+def _compute_and_store(name: str, config: Mapping[str, Any], compute: Callable[[], Any],
+                       folder: Path, smoke: bool) -> float:
+    """Worker: compute one entry and write it (nothing is sent back but the seconds taken)."""
+    import time
+
+    start = time.perf_counter()
+    cached(name, config, compute, folder=folder, enabled=False, smoke=smoke, verbose=False)
+    return time.perf_counter() - start
+
+
+def cached_in_processes(
+    jobs: Sequence[tuple[str, Mapping[str, Any], Callable[[], Any]]],
+    *,
+    processes: int = 2,
+    threads: int = 1,
+    folder: str | Path | None = None,
+    enabled: bool | None = None,
+    smoke: bool | None = None,
+    progress: bool = True,
+    desc: str = "cache misses",
+    verbose: bool = True,
+) -> list[Any]:
+    """Every ``(name, config, compute)`` of ``jobs`` as :func:`cached` gives it, the cache
+    misses computed ``processes`` at a time in fresh (spawned) worker processes.
+
+    Each worker runs ``threads`` intra-op threads, so ``processes=2, threads=1`` keeps two
+    cores busy; a result is the same as a one-thread :func:`cached` call in this process
+    would compute (seeded code gives the same numbers). The workers write the entries; this
+    process then loads every entry, so the values returned are always the stored ones.
+
+    Args:
+        jobs: ``(name, config, compute)`` triples as :func:`cached` takes them; ``compute``
+            must pickle (a module-level function or a ``functools.partial`` of one, not a
+            lambda or a function defined in a notebook) because it is sent to a worker.
+        processes: worker processes; ``1`` (or a single miss) computes in this process.
+        threads: intra-op threads of each worker (``torch.set_num_threads``).
+        folder, enabled, smoke, verbose: as for :func:`cached`.
+        progress: a progress bar over the misses (``TQDM_DISABLE`` switches it off).
+        desc: the bar's label.
+
+    Returns:
+        The values, in the order of ``jobs``.
+
+    Raises:
+        Whatever a worker's ``compute`` raised (jobs not yet started are cancelled, the
+        running ones finish first).
+    """
+    smoke = smoke_mode() if smoke is None else smoke
+    folder = cache_dir(folder)
+    use = cache_enabled() if enabled is None else enabled
+    todo = [(name, config, compute) for name, config, compute in jobs
+            if not use or not cache_path(name, config, folder, smoke).is_file()]
+    if todo and processes > 1 and len(todo) > 1:
+        from tqdm.auto import tqdm  # only when there is something to compute
+
+        folder.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")  # no forked copy of a busy parent
+        with ProcessPoolExecutor(min(processes, len(todo)), mp_context=context,
+                                 initializer=_limit_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_compute_and_store, name, config, compute, folder, smoke):
+                       cache_path(name, config, folder, smoke) for name, config, compute in todo}
+            bar = tqdm(as_completed(futures), total=len(futures), desc=desc, unit="run",
+                       disable=not show_progress(progress))
+            try:
+                seconds = {futures[future]: future.result() for future in bar}
+            except BaseException:  # a failed or interrupted job: drop the ones not started
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        values = []
+        for name, config, compute in jobs:  # every miss is stored now: load it
+            path = cache_path(name, config, folder, smoke)
+            fresh = path in seconds and path.is_file()
+            values.append(cached(name, config, compute, folder=folder, enabled=True,
+                                 smoke=smoke, verbose=verbose and not fresh))
+            if verbose and fresh:
+                print(f"{name}: computed in a worker process ({seconds[path]:.0f} s) and saved"
+                      f" to {_shown(path)}")
+        return values
+    # one job, one process: each miss computes here
+    return [cached(name, config, compute, folder=folder, enabled=use, smoke=smoke,
+                   verbose=verbose) for name, config, compute in jobs]
 
 
 def clear_cache(name: str | None = None, folder: str | Path | None = None) -> list[Path]:

@@ -197,3 +197,40 @@ def test_messages_name_the_default_folder_relative_to_the_repository(monkeypatch
     finally:
         for path in C.DEFAULT_CACHE_DIR.glob(f"{name}-*"):
             path.unlink()
+
+
+def test_cached_in_processes_computes_the_misses_in_one_thread_workers_then_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    jobs = [("threads", {"job": k}, torch.get_num_threads) for k in range(3)]
+    monkeypatch.setenv(C.CACHE_ENV, "0")  # recompute: the workers overwrite, this loads
+    C.cached_in_processes(jobs, processes=2, folder=tmp_path, smoke=False, progress=False)
+    monkeypatch.delenv(C.CACHE_ENV)
+    first = C.cached_in_processes(jobs, processes=2, threads=1, folder=tmp_path, smoke=False,
+                                  progress=False, enabled=False)
+    assert first == [1, 1, 1]  # computed in workers limited to one thread each
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 6 and all("computed in a worker process" in line for line in said)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == sorted(
+        C.cache_path(name, config, tmp_path, smoke=False).name for name, config, _ in jobs)
+    # a second call loads every entry; this compute would raise if it were called
+    fails = functools.partial(int, "not a number")
+    again = C.cached_in_processes([(n, c, fails) for n, c, _ in jobs], folder=tmp_path,
+                                  smoke=False, progress=False)
+    assert again == first
+    assert capsys.readouterr().out.count("loaded from") == 3
+    # a miss among hits: only it is computed (here in this process: one miss, no pool)
+    mixed = C.cached_in_processes([*jobs[:2], ("sum", {"job": 9}, functools.partial(sum, [2, 3]))],
+                                  folder=tmp_path, smoke=False, progress=False)
+    assert mixed == [1, 1, 5]
+
+
+def test_cached_in_processes_raises_what_a_worker_raised(tmp_path: Path) -> None:
+    import functools
+
+    jobs = [("bad", {"job": k}, functools.partial(int, "not a number")) for k in range(2)]
+    with pytest.raises(ValueError, match="not a number"):
+        C.cached_in_processes(jobs, processes=2, folder=tmp_path, smoke=False, progress=False)
+    assert not list(tmp_path.glob("*.pt"))

@@ -349,3 +349,30 @@ def test_train_classification_trains_the_model_whose_scores_the_grid_row_reports
     images = next(iter(test))[0]
     assert torch.equal(shell.eval()(images), model.eval()(images))
     assert shell.regularizer.trade_off == 0.0  # the run's method options reach the model
+
+
+def test_inspect_classification_gives_the_same_run_in_a_worker_process(tmp_path):
+    """Notebook 04 trains its runs in two one-thread worker processes: each must equal the
+    one-thread run in this process (and the grid's own training of that cell)."""
+    import functools
+
+    from sar.cache import cached_in_processes
+    from sar.experiments import inspect_classification
+
+    runs = [r for r in longtail_grid(SMOKE_CLASSIFICATION, [0])
+            if r.method in ("ce", "sar") and r.options["imbalance_factor"] == 10]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = [inspect_classification(run, SMOKE_CLASSIFICATION) for run in runs]
+    finally:
+        torch.set_num_threads(threads)
+    jobs = [(f"inspect_{run.method}", {"key": run.key}, functools.partial(
+        inspect_classification, run, SMOKE_CLASSIFICATION)) for run in runs]
+    there = cached_in_processes(jobs, processes=2, folder=tmp_path, smoke=False, progress=False)
+    for mine, theirs in zip(here, there, strict=True):
+        assert mine["accuracy"] == theirs["accuracy"]
+        for stat in ("weight_norm", "bias", "mean_logit", "predicted_share"):
+            assert torch.equal(mine[stat], theirs[stat]), stat
+        for name, tensor in mine["state"].items():
+            assert torch.equal(tensor, theirs["state"][name]), name

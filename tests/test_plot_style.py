@@ -111,12 +111,33 @@ def test_report_figures_use_the_method_colours() -> None:
     assert all(ax.get_legend() is None for ax in fig.axes)
     ticks = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["mIoU", "many-shot IoU", "few-shot IoU"]  # not the raw column names
-    ablation = pd.DataFrame([{"setting": name, "seed": s, "accuracy": 0.7, "few_accuracy": 0.3,
-                              "imbalance_factor": 100, "method": "sar"}
-                             for name in ("default", "gate off") for s in (0, 1)])
+
+
+def test_ablation_figure_pairs_each_setting_with_default_sar_and_keeps_loss_changes_apart(
+) -> None:
+    """A dot per seed of (ablation − default SAR) in SAR's colour, knob rows on one scale,
+    the logit-adjusted loss (ten times any knob) on its own."""
+    gaps = {"default": 0.0, "gate off": 0.002, "trade_off 1": -0.004,
+            "with logit-adjusted CE": 0.07}
+    ablation = pd.DataFrame([{"setting": name, "seed": s, "accuracy": 0.7 + gap + 0.001 * s,
+                              "few_accuracy": 0.3 + 3 * gap, "imbalance_factor": 100,
+                              "method": "sar"}
+                             for name, gap in gaps.items() for s in (0, 1, 2)])
     fig = report.plot_ablation(ablation)
-    patch = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)][0].patches[0]
-    assert to_rgb(patch.get_facecolor()) == to_rgb(plots.METHOD_COLORS["sar"])
+    assert len(fig.axes) == 3 * 2  # two knob themes and the loss row; overall and few-shot
+    halves, gate, loss = fig.axes[0], fig.axes[2], fig.axes[4]
+    for ax, setting in ((halves, "trade_off 1"), (gate, "gate off"),
+                        (loss, "with logit-adjusted CE")):
+        ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+        assert ticks == [setting]
+        dots = ax.collections[0]
+        assert dots.get_offsets().shape == (3, 2)  # one dot per seed
+        np.testing.assert_allclose(np.asarray(dots.get_offsets())[:, 1], 100 * gaps[setting],
+                                   atol=1e-9)  # paired by seed: the seed's offset cancels
+        assert to_rgb(dots.get_facecolor()[0][:3]) == to_rgb(plots.METHOD_COLORS["sar"])
+        assert any(abs(line.get_ydata()[0]) < 1e-12 for line in ax.get_lines())  # zero line
+    assert halves.get_ylim() == gate.get_ylim()  # the knobs share a scale
+    assert loss.get_ylim()[1] > 5 > halves.get_ylim()[1]  # the loss change has its own
 
 
 def test_background_is_black_in_masks_and_in_embeddings() -> None:

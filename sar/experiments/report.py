@@ -125,21 +125,71 @@ def plot_paired_differences(df: pd.DataFrame, metric: str, reference: str, by: s
     return ax
 
 
+# The ablations of the grid (:data:`~sar.experiments.grids.ABLATIONS`) in themed rows of
+# plot_ablation; the last row is not a SAR knob, moves SAR about ten times as much as any knob,
+# and is drawn on its own scale so that it does not flatten the others onto the zero line.
+ABLATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "SAR's two halves and their weights": (
+        "pull off (anchor CE only)", "anchor CE off (pull only)", "trade_off 0.01",
+        "trade_off 1", "trade_off_ce 0.1"),
+    "the gate, the filter and the anchor updates": (
+        "gate off", "pull after open", "filter off", "momentum 0.9", "momentum 0.99"),
+    "the anchors and the pull's distance": (
+        "anchors orthogonal", "anchors etf", "anchors hypersphere", "cosine pull",
+        "detached weights"),
+    "not a SAR knob, own scale: the logit-adjusted loss": ("with logit-adjusted CE",),
+}
+OWN_SCALE_GROUPS = ("not a SAR knob, own scale: the logit-adjusted loss",)
+
+
 def plot_ablation(df: pd.DataFrame) -> Any:
-    """Figure: each ablation's paired difference to the default SAR, overall and few-shot,
-    bars in SAR's colour."""
+    """Figure: each ablation minus the default SAR of the same seed, overall (left) and
+    few-shot (right), one row per theme of :data:`ABLATION_GROUPS`: a dot per seed, the mean
+    ± std and the zero line (:func:`sar.plots.plot_paired_gaps`, in SAR's colour).
+
+    The rows of SAR's own knobs share one y-scale per column, so their sizes compare; the
+    rows of :data:`OWN_SCALE_GROUPS` have their own. Settings in no group (none in the grid
+    of this commit) get a last row, "other settings".
+
+    Args:
+        df: the ablation rows (columns ``setting``, ``seed``, ``accuracy``, ``few_accuracy``,
+            ``imbalance_factor``), the reference setting named ``"default"``.
+    """
     import matplotlib.pyplot as plt  # matplotlib only when plotting
 
     from .. import plots
 
     factor = df["imbalance_factor"].iloc[0]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * df["setting"].nunique() + 1.5),
-                             sharey=True)
-    for ax, metric in zip(axes, ("accuracy", "few_accuracy"), strict=True):
-        plot_paired_differences(df, metric, "default", "setting", ax=ax,
-                                color=plots.method_color("sar"),
-                                title=f"Δ {plots.pretty_label(metric)} vs default SAR (same "
-                                      f"seed), IF {factor:g}")
+    present = [s for s in dict.fromkeys(df["setting"]) if s != "default"]
+    grouped = {title: [s for s in members if s in present]  # in the group's order
+               for title, members in ABLATION_GROUPS.items()}
+    grouped["other settings"] = [s for s in present
+                                 if not any(s in m for m in ABLATION_GROUPS.values())]
+    grouped = {title: members for title, members in grouped.items() if members}
+    # each ablation's rows beside a copy of the default SAR's, so that plot_paired_gaps
+    # pairs them by seed within each ablation
+    default = df[df["setting"] == "default"]
+    order = [name for members in grouped.values() for name in members]
+    long = pd.concat([part.assign(ablation=name, change=variant) for name in order
+                      for part, variant in ((df[df["setting"] == name], "sar"),
+                                            (default, "default SAR"))])
+    heights = [0.75 if title in OWN_SCALE_GROUPS else 1.0 for title in grouped]
+    fig, axes = plt.subplots(len(grouped), 2, figsize=(14, 3.6 * sum(heights) + 0.4),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    shared: dict[int, Any] = {}
+    for r, (title, members) in enumerate(grouped.items()):
+        for c, metric in enumerate(("accuracy", "few_accuracy")):
+            ax = axes[r, c]
+            if title not in OWN_SCALE_GROUPS:
+                if c in shared:
+                    ax.sharey(shared[c])
+                shared.setdefault(c, ax)
+            plots.plot_paired_gaps(
+                long[long["ablation"].isin(members)], metric, "default SAR", "ablation",
+                hue="change", ax=ax, xlabel="the setting changed (one at a time)",
+                ylabel="points vs default SAR", tick_width=10,
+                legend="best" if r == 0 and c == 0 else None,
+                title=f"{title}\n{plots.pretty_label(metric)}, IF {factor:g}")
     fig.tight_layout()
     return fig
 

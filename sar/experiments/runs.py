@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from .. import methods
 from ..cache import cached
 from ..config import seed_everything
 from ..encoder_weights import sha256_of, verify_encoder_weights
+from ..metrics import classifier_weights, logit_statistics
 from ..models import SmallCNN, build_smp_model
 from ..train import evaluate, fit, gate_opened_step
 from .grids import ClassificationSetup, Run, SegmentationSetup
+from .store import git_commit
 
 
 # ------------------------------------------------------------------------- classification
@@ -108,6 +111,32 @@ def train_classification(run: Run, setup: ClassificationSetup, device: torch.dev
                   weight_decay=setup.weight_decay, criterion=criterion, device=device,
                   progress=False, log_every=50)
     return model, history, lt
+
+
+def inspect_classification(run: Run, setup: ClassificationSetup,
+                           device: torch.device | str = "cpu",
+                           cache: dict[float, LongTailData] | None = None) -> dict[str, Any]:
+    """Train one long-tail grid cell as the grid does (:func:`train_classification`) and keep
+    what notebook 04 looks at: the weights, the test scores and the classifier's per-class state.
+
+    Returns:
+        ``state`` (the model's state dict, on the CPU), ``counts`` (training images per class),
+        ``weight_norm``, ``bias``, ``mean_logit`` and ``predicted_share`` per class
+        (:func:`sar.metrics.classifier_weights`, :func:`sar.metrics.logit_statistics` on the
+        balanced test set), ``accuracy``, ``few_accuracy``, ``per_class_accuracy``,
+        ``wall_time_s`` and ``git_commit``. Module-level, so it pickles into the worker
+        processes of :func:`sar.cache.cached_in_processes`.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    model, _, lt = train_classification(run, setup, device, {} if cache is None else cache)
+    test = DataLoader(lt.test, batch_size=512)
+    scores = evaluate(model, test, num_classes=len(lt.counts), device=device, groups=lt.groups)
+    inspected = (classifier_weights(model.classifier)
+                 | logit_statistics(model, test, len(lt.counts), device))
+    return {"state": model.cpu().state_dict(), "counts": lt.counts, **inspected,
+            **{k: scores[k] for k in ("accuracy", "few_accuracy", "per_class_accuracy")},
+            "wall_time_s": time.perf_counter() - start, "git_commit": git_commit()}
 
 
 def run_classification(run: Run, setup: ClassificationSetup, device: torch.device,

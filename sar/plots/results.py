@@ -326,6 +326,7 @@ def plot_paired_gaps(
     xlabel: str | None = None,
     ylabel: str | None = None,
     legend: str | None = "best",
+    tick_width: int = 14,
 ) -> Axes:
     """Each method's difference from ``reference`` on the same seed: a dot per seed, the mean
     with a ± std bar beside them, and the zero line, grouped by ``x``.
@@ -343,6 +344,8 @@ def plot_paired_gaps(
         scale: multiplies the gaps (100: fractions to percentage points).
         title, xlabel, ylabel: labels (give units); defaults from the column names.
         legend: a matplotlib ``loc``, ``"outside"`` or ``None``.
+        tick_width: characters per line of the wrapped ``x`` tick labels
+            (:func:`~sar.plots.style.tick_labels`); narrower for many categories.
 
     Raises:
         ValueError: more than :data:`MAX_PAIRED_LEVELS` levels besides ``reference``, no
@@ -376,7 +379,8 @@ def plot_paired_gaps(
             labelled = True
     ax.axhline(0.0, color="0.3", linewidth=1, zorder=2)
     ax.set_xticks(range(len(categories)), tick_labels(
-        [f"{c:g}" if isinstance(c, float | int | np.number) else c for c in categories]))
+        [f"{c:g}" if isinstance(c, float | int | np.number) else c for c in categories],
+        tick_width))
     ax.set_xlim(-0.6, len(categories) - 0.4)
     seeds = gaps.groupby([hue, x])["seed"].nunique()
     lo, hi = int(seeds.min()), int(seeds.max())
