@@ -35,38 +35,25 @@ import torch
 import torch.nn.functional as F
 
 # slices per map: each slice's float32 temporaries are about 1/SLICES of the feature map. A map
-# of at most SLICE_ABOVE elements (16 MiB in float32) is one slice: its temporaries are smaller
-# than the task loss's own (a log-softmax over every pixel), so slicing would add launches only
+# of at most SLICE_ABOVE elements (16 MiB in float32) is one slice in the forward pass: its
+# temporaries are smaller than the task loss's own (a log-softmax over every pixel), so slicing
+# would add launches only
 SLICES = 8
 SLICE_ABOVE = 2**22
-# the deferred gradient of half features is elementwise, so slicing it changes no bit: it is cut
-# from smaller maps on, so that its one float32 temporary is an eighth of the map
-DEFERRED_SLICES = 8
+# the gradient is elementwise, so slicing it changes no bit: a gradient added into another one
+# (the head route's half-precision or strided case) is cut from smaller maps on, so that its one
+# float32 temporary is an eighth of the map
 DEFERRED_SLICE_ABOVE = 2**16
 
 
-def _slices(features: torch.Tensor, pieces: int = SLICES,
-            above: int = SLICE_ABOVE) -> Iterator[tuple[slice, slice]]:
-    """(batch, row) index pairs that cut a ``(B, D, H, W)`` map into about ``pieces`` pieces
-    if it has more than ``above`` elements (a ``(B, D)`` batch is one piece: it is small)."""
-    if features.dim() == 2 or features.numel() <= above:
-        yield slice(None), slice(None)
-        return
-    batch, height = features.shape[0], features.shape[2]
-    per_image = -(-pieces // batch)  # ceil: small batches are cut along the rows too
-    images = max(1, batch // pieces)
-    for b in range(0, batch, images):
-        rows = -(-height // per_image) if images == 1 else height
-        for h in range(0, height, rows):
-            yield slice(b, b + images), slice(h, h + rows)
+def _pieces(features: torch.Tensor, above: int) -> int:
+    """How many row slices a ``(B, D, H, W)`` map is cut into (a ``(B, D)`` batch: one)."""
+    return SLICES if features.dim() == 4 and features.numel() > above else 1
 
 
-def _piece(tensor: torch.Tensor, where: tuple[slice, slice], channels: bool) -> torch.Tensor:
-    """A slice of a ``(B, D, H, W)`` map (``channels``) or of a ``(B, H, W)`` label map."""
-    batch, rows = where
-    if tensor.dim() <= 2 or batch == slice(None):  # one piece: the whole map
-        return tensor
-    return tensor[batch, :, rows] if channels else tensor[batch, rows]
+def _rows(tensor: torch.Tensor, pieces: int) -> tuple[torch.Tensor, ...]:
+    """``pieces`` views of a ``(B, D, H, W)`` map or ``(B, H, W)`` label map along H."""
+    return tensor.tensor_split(pieces, dim=tensor.dim() - 2) if pieces > 1 else (tensor,)
 
 
 def _target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,31 +62,57 @@ def _target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return target.movedim(-1, 1) if labels.dim() == 3 else target
 
 
+def _gathered_target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The anchors of ``labels`` as a new contiguous ``(B, D[, H, W])`` tensor, in one gather."""
+    if labels.dim() == 1:
+        return anchors[labels]
+    (b, h, w), (c, d) = labels.shape, anchors.shape
+    index = labels.reshape(b, 1, h * w).expand(b, d, h * w)
+    return anchors.t().unsqueeze(0).expand(b, d, c).gather(2, index).view(b, d, h, w)
+
+
 def _mse(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # features - target promotes half features to the target's float32 element by element,
     # without a float32 copy of the features
     return (features - target).pow_(2).mean(dim=1)
 
 
-def _mse_grad(features: torch.Tensor, target: torch.Tensor,
-              grad_out: torch.Tensor) -> torch.Tensor:
-    """``grad_out`` times d/df of mean_d (f - a)^2, i.e. ``(grad_out / D) * (2 (f - a))``: the
-    products in the order autograd takes them through ``mean`` and ``pow``, so the gradient is
-    bit for bit the plain expression's (and training runs reproduce the committed rows)."""
-    return (features - target).mul_(2).mul_(grad_out.unsqueeze(1) / features.shape[1])
-
-
 def _mse_map(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``mean_d (f - a_y)^2`` per position, slice by slice."""
-    pieces = [(where, _mse(_piece(features, where, channels=True),
-                           _target(anchors, _piece(labels, where, channels=False))))
-              for where in _slices(features)]
-    if len(pieces) == 1:
-        return pieces[0][1]
-    out = features.new_empty(labels.shape, dtype=pieces[0][1].dtype)
-    for where, value in pieces:
-        _piece(out, where, channels=False).copy_(value)
+    pieces = _pieces(features, SLICE_ABOVE)
+    if pieces == 1:
+        return _mse(features, _target(anchors, labels))
+    out = features.new_empty(labels.shape, dtype=torch.promote_types(features.dtype,
+                                                                     anchors.dtype))
+    for piece_out, piece_features, piece_labels in zip(
+            _rows(out, pieces), _rows(features, pieces), _rows(labels, pieces), strict=True):
+        piece_out.copy_(_mse(piece_features, _target(anchors, piece_labels)))
     return out
+
+
+def _new_mse_grad(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
+                  grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out`` times d/df of mean_d (f - a)^2, in a new tensor (the gathered anchors').
+
+    ``(a - f) * -2`` is ``(f - a) * 2`` exactly (rounding is symmetric), and ``* (grad_out /
+    D)`` follows: the products in the order autograd takes them through ``mean`` and ``pow``,
+    so the gradient is bit for bit the plain expression's (training runs reproduce the
+    committed rows). It has ``promote_types(features.dtype, anchors.dtype)``.
+    """
+    dtype = torch.promote_types(anchors.dtype, features.dtype)
+    anchors = anchors if anchors.dtype == dtype else anchors.to(dtype)  # no op when it matches
+    grad = _gathered_target(anchors, labels).sub_(features).mul_(-2)
+    return grad.mul_(grad_out.unsqueeze(1) / features.shape[1])
+
+
+def _add_sliced_mse_grad(into: torch.Tensor, features: torch.Tensor, anchors: torch.Tensor,
+                         labels: torch.Tensor, grad_out: torch.Tensor, above: int) -> None:
+    """``into += `` the pull's gradient, in row slices for maps above ``above`` elements."""
+    pieces = _pieces(features, above)
+    for piece_into, piece_features, piece_labels, piece_grad_out in zip(
+            *(_rows(t, pieces) for t in (into, features, labels, grad_out)), strict=True):
+        piece_into.add_(_new_mse_grad(piece_features, anchors, piece_labels,
+                                      piece_grad_out).to(into.dtype))
 
 
 class _PerPositionMSE(torch.autograd.Function):
@@ -114,50 +127,11 @@ class _PerPositionMSE(torch.autograd.Function):
         features, anchors, labels = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        grad = None
-        for where in _slices(features):
-            piece_grad = _mse_grad(_piece(features, where, channels=True),
-                                   _target(anchors, _piece(labels, where, channels=False)),
-                                   _piece(grad_out, where, channels=False))
-            if where == (slice(None), slice(None)):  # one piece: it is the gradient
-                return piece_grad.to(features.dtype), None, None
-            if grad is None:
-                grad = torch.empty_like(features)
-            _piece(grad, where, channels=True).copy_(piece_grad)
+        if _pieces(features, SLICE_ABOVE) == 1:  # one piece: it is the gradient
+            return _new_mse_grad(features, anchors, labels, grad_out).to(features.dtype), None, None
+        grad = torch.zeros_like(features)
+        _add_sliced_mse_grad(grad, features, anchors, labels, grad_out, SLICE_ABOVE)
         return grad, None, None
-
-
-def _rows(tensor: torch.Tensor, pieces: int) -> tuple[torch.Tensor, ...]:
-    """``pieces`` views of a ``(B, D, H, W)`` map or ``(B, H, W)`` label map along H."""
-    return tensor.tensor_split(pieces, dim=tensor.dim() - 2) if pieces > 1 else (tensor,)
-
-
-def _add_mse_grad(into: torch.Tensor, features: torch.Tensor, anchors: torch.Tensor,
-                  labels: torch.Tensor, grad_out: torch.Tensor) -> None:
-    """``into += grad_out * d/df mean_d (f - a_y)^2``, formed in the one temporary it needs,
-    the gathered anchors: ``(a - f) * -2`` is ``(f - a) * 2`` exactly (rounding is symmetric),
-    then the products of :func:`_mse_grad`, so the sum is bit for bit autograd's."""
-    grad = _target(anchors, labels).sub_(features).mul_(-2)
-    into.add_(grad.mul_(grad_out.unsqueeze(1) / features.shape[1]).to(into.dtype))
-
-
-def _gathered_target(anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The anchors of ``labels`` as a new contiguous ``(B, D[, H, W])`` tensor, in one gather."""
-    if labels.dim() == 1:
-        return anchors[labels]
-    (b, h, w), (c, d) = labels.shape, anchors.shape
-    index = labels.reshape(b, 1, h * w).expand(b, d, h * w)
-    return anchors.t().unsqueeze(0).expand(b, d, c).gather(2, index).view(b, d, h, w)
-
-
-def _new_mse_grad(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                  grad_out: torch.Tensor) -> torch.Tensor:
-    """The pull's gradient in a new tensor, the gathered anchors' own: ``(a - f) * -2`` is
-    ``(f - a) * 2`` exactly (rounding is symmetric), then the product of :func:`_mse_grad`."""
-    dtype = torch.promote_types(anchors.dtype, features.dtype)
-    anchors = anchors if anchors.dtype == dtype else anchors.to(dtype)  # no op when it matches
-    grad = _gathered_target(anchors, labels).sub_(features).mul_(-2)
-    return grad.mul_(grad_out.unsqueeze(1) / features.shape[1])
 
 
 class _HeadInput(torch.autograd.Function):
@@ -185,26 +159,10 @@ class _HeadInput(torch.autograd.Function):
                 grad = _new_mse_grad(features, anchors, labels, grad_out).add_(grad)
             else:
                 grad = grad if owned else grad.clone()
-                _add_sliced_mse_grad(grad, features, anchors, labels, grad_out)
+                _add_sliced_mse_grad(grad, features, anchors, labels, grad_out,
+                                     DEFERRED_SLICE_ABOVE)
             owned = True
         return grad, None
-
-
-def _add_sliced_mse_grad(into: torch.Tensor, features: torch.Tensor, anchors: torch.Tensor,
-                         labels: torch.Tensor, grad_out: torch.Tensor) -> None:
-    """``into += `` the pull's gradient, in about ``DEFERRED_SLICES`` row slices."""
-    pieces = (DEFERRED_SLICES if features.dim() == 4
-              and features.numel() > DEFERRED_SLICE_ABOVE else 1)
-    for part in zip(*(_rows(t, pieces) for t in (into, features, labels, grad_out)),
-                    strict=True):
-        piece_into, piece_features, piece_labels, piece_grad_out = part
-        piece_into.add_(_new_mse_grad(piece_features, anchors, piece_labels,
-                                      piece_grad_out).to(into.dtype))
-
-
-def _rows(tensor: torch.Tensor, pieces: int) -> tuple[torch.Tensor, ...]:
-    """``pieces`` views of a ``(B, D, H, W)`` map or ``(B, H, W)`` label map along H."""
-    return tensor.tensor_split(pieces, dim=tensor.dim() - 2) if pieces > 1 else (tensor,)
 
 
 class _DeferredMSE(torch.autograd.Function):
