@@ -19,8 +19,13 @@ No leak: the scenes' validation and test items come from Fashion-MNIST's *test* 
 (:func:`sar.data.make_fashion_scenes` with ``split="val"``), and this module only ever loads
 the *train* split (``tests/test_pretrain.py`` checks which files it reads).
 
-    python -m sar.pretrain --encoder resnet18 --epochs 4 --steps 3000 --threads 2 \
+    python -m sar.pretrain --encoder resnet18 --epochs 4 --steps 3000 --threads 1 \
         --out data/encoders/resnet18_fashion.pt
+
+On a CPU the file's bits depend on the number of torch threads (a 20-step probe: the same
+checksum on every run at one thread count, another at another), so
+:func:`ensure_encoder` always pretrains with ``PRETRAIN_THREADS`` (1) on a CPU, whatever the
+caller's setting: every machine that makes the file makes the same one.
 
 writes the encoder's ``state_dict`` and a JSON sidecar (:mod:`sar.encoder_weights`); then
 ``build_smp_model(..., encoder_weights="data/encoders/resnet18_fashion.pt")`` starts from it.
@@ -57,6 +62,8 @@ DEFAULT_OUT = sources.REPO_DATA_DIR / "encoders" / "resnet18_fashion.pt"
 # better encoder.
 DEFAULT_EPOCHS = 4
 DEFAULT_MAX_STEPS = 3000
+# the CPU thread count ensure_encoder pretrains with (the CLI's default; see the module docstring)
+PRETRAIN_THREADS = 1
 
 
 class EncoderClassifier(nn.Module):
@@ -255,7 +262,9 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
                    device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
     """The encoder weights at ``path``: checked and described if the file exists, else
     pretrained now with the defaults of ``python -m sar.pretrain`` and saved there (load if
-    present, else train; about 20 minutes on a 2-core CPU, once per machine).
+    present, else train; once per machine: 3000 steps with ``PRETRAIN_THREADS`` CPU threads,
+    whatever ``torch.get_num_threads()`` is, so that every CPU makes the same file; the
+    caller's thread count is restored afterwards).
 
     Returns:
         The file's sidecar (``file``, ``sha256``, ``budget``, ``final_train_accuracy``,
@@ -275,10 +284,17 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
     if path.exists():
         raise ValueError(f"{path} exists but is not a file: name a weights file")
     path.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after 20 minutes
+    on_cpu = torch.device(device).type == "cpu"
+    threads = PRETRAIN_THREADS if on_cpu else torch.get_num_threads()
     command = (f"python -m sar.pretrain --encoder {encoder_name} --device {device} "
-               f"--threads {torch.get_num_threads()} --out {shlex.quote(str(path))}")
-    return pretrain_and_save(path, encoder_name, command=command, device=device,
-                             progress=progress)
+               f"--threads {threads} --out {shlex.quote(str(path))}")
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the same bits on every machine (module docstring)
+    try:
+        return pretrain_and_save(path, encoder_name, command=command, device=device,
+                                 progress=progress)
+    finally:
+        torch.set_num_threads(callers_threads)
 
 
 def _check_fits(state: dict[str, torch.Tensor], path: Path, encoder_name: str) -> None:

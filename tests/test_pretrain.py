@@ -174,17 +174,24 @@ def test_ensure_encoder_pretrains_once_then_loads(fake_fashion, tmp_path, monkey
     calls = []
 
     def tiny(encoder_name, **options):  # the defaults' budget would take 20 minutes
-        calls.append(options)
+        calls.append(options | {"threads": torch.get_num_threads()})
         return real(encoder_name, **{**options, "max_steps": 2, "batch_size": 4, "size": 32,
                                      "eval_size": 4})
 
     monkeypatch.setattr(pretrain, "pretrain_encoder", tiny)
     path = tmp_path / "encoders" / "r18.pt"
-    made = pretrain.ensure_encoder(path, device="cpu", progress=False)
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's setting must not change the file's bits
+    try:
+        made = pretrain.ensure_encoder(path, device="cpu", progress=False)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(callers_threads)
     assert path.is_file() and len(calls) == 1
+    assert calls[0]["threads"] == pretrain.PRETRAIN_THREADS == 1
     assert made["sha256"] == sha256_of(path)
     assert made["command"] == (f"python -m sar.pretrain --encoder resnet18 --device cpu"
-                               f" --threads {torch.get_num_threads()} --out {path}")
+                               f" --threads 1 --out {path}")
     assert pretrain.ensure_encoder(path) == made and len(calls) == 1  # loaded, not retrained
     with pytest.raises(ValueError, match="holds a resnet18 encoder"):
         pretrain.ensure_encoder(path, "resnet34")
