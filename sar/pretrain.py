@@ -25,7 +25,8 @@ the *train* split (``tests/test_pretrain.py`` checks which files it reads).
 On a CPU the file's bits depend on the number of torch threads (a 20-step probe: the same
 checksum on every run at one thread count, another at another), so
 :func:`ensure_encoder` always pretrains with ``PRETRAIN_THREADS`` (1) on a CPU, whatever the
-caller's setting: every machine that makes the file makes the same one.
+caller's setting: the file then depends on the machine and the library versions only (another
+CPU's vector instructions or another torch may still change its bits).
 
 writes the encoder's ``state_dict`` and a JSON sidecar (:mod:`sar.encoder_weights`); then
 ``build_smp_model(..., encoder_weights="data/encoders/resnet18_fashion.pt")`` starts from it.
@@ -263,8 +264,8 @@ def ensure_encoder(path: str | Path = DEFAULT_OUT, encoder_name: str = "resnet18
     """The encoder weights at ``path``: checked and described if the file exists, else
     pretrained now with the defaults of ``python -m sar.pretrain`` and saved there (load if
     present, else train; once per machine: 3000 steps with ``PRETRAIN_THREADS`` CPU threads,
-    whatever ``torch.get_num_threads()`` is, so that every CPU makes the same file; the
-    caller's thread count is restored afterwards).
+    whatever ``torch.get_num_threads()`` is, so that the notebook's thread setting does not
+    change the file; the caller's thread count is restored afterwards).
 
     Returns:
         The file's sidecar (``file``, ``sha256``, ``budget``, ``final_train_accuracy``,
