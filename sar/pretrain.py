@@ -60,7 +60,9 @@ DEFAULT_OUT = sources.REPO_DATA_DIR / "encoders" / "resnet18_fashion.pt"
 # over the train split) took 8.7 minutes on the idle machine and reached 80.1% train accuracy;
 # 3000 steps (3.2 passes) took 39 minutes while other jobs shared the cores (about 19 minutes
 # idle, at the 1400-step pace) and reached 83.8%: the scene benchmark's rare classes need the
-# better encoder.
+# better encoder. With --threads 1 (ensure_encoder's setting), 3000 steps took 35 minutes beside
+# other jobs and reached 84.0% (sha256 d4767cc1..., 2026-12-04); the grid's rows used the
+# --threads 2 file (8276cc7a..., made 2026-11-29), which a rerun no longer makes bit for bit.
 DEFAULT_EPOCHS = 4
 DEFAULT_MAX_STEPS = 3000
 # the CPU thread count ensure_encoder pretrains with (the CLI's default; see the module docstring)
