@@ -249,6 +249,22 @@ def test_sweep_error_bars_equal_std_over_seeds():
     assert ax.get_xscale() == "log"
 
 
+def test_sweep_range_bars_span_min_to_max_and_stay_in_bounds():
+    df = pd.DataFrame({"method": ["CE"] * 3, "D": [2] * 3, "seed": [0, 1, 2],
+                       "angle": [0.5, 1.0, 9.0]})  # std 4.6 > mean - min: ± std would cross 0
+    ax = plot_sweep(df, x="D", y="angle", hue="method", spread="range")
+    (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    _, _, (bars,) = container.lines
+    (segment,) = bars.get_segments()
+    np.testing.assert_allclose(segment[:, 1], [0.5, 9.0])
+    assert "mean and min–max over 3 seeds" in ax.get_legend().get_title().get_text()
+    # equal values whose mean comes out a hair below them: no negative bar
+    same = pd.DataFrame({"method": ["CE"] * 3, "D": [9] * 3, "angle": [98.08353387762301] * 3})
+    plot_sweep(same, x="D", y="angle", hue="method", spread="range")
+    with pytest.raises(ValueError, match="spread"):
+        plot_sweep(df, x="D", y="angle", hue="method", spread="iqr")
+
+
 def test_sweep_panels_draw_each_metric_with_one_shared_legend():
     from sar.plots import plot_sweep_panels
 
@@ -373,6 +389,22 @@ def test_anchor_probabilities_lines_thresholds_and_gate():
     assert "gate still closed" in closed.get_title()
     with pytest.raises(ValueError):
         plot_anchor_probabilities(probs[0])
+
+
+def test_anchor_probabilities_highlight_thickens_one_class_in_its_own_colour():
+    from sar.plots import class_palette, plot_anchor_probabilities
+
+    probs = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.85, 0.9]])
+    names = ["a", "b", "c"]
+    plain = plot_anchor_probabilities(probs, class_names=names).get_lines()
+    lines = plot_anchor_probabilities(probs, class_names=names, highlight="b").get_lines()
+    palette = class_palette(3, class_names=names)
+    assert [line.get_color() for line in lines[:3]] == [line.get_color() for line in plain[:3]]
+    assert lines[1].get_color() == palette[1]
+    assert lines[1].get_linewidth() > plain[1].get_linewidth() > lines[0].get_linewidth()
+    assert lines[0].get_alpha() < 1 and lines[1].get_alpha() is None
+    with pytest.raises(ValueError, match="highlight"):
+        plot_anchor_probabilities(probs, class_names=names, highlight="d")
 
 
 def test_segmentation_comparison_rows_columns_and_accuracy_titles():

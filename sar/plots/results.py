@@ -105,9 +105,11 @@ def _count_axis(ax: Axes, pos: np.ndarray, counts: np.ndarray, log: bool) -> Non
 
 
 def sweep_summary(df: pd.DataFrame, x: str, y: str, hue: str) -> pd.DataFrame:
-    """Mean, sample standard deviation (ddof=1; 0 for a single seed) and row count of ``y``
-    over the rows sharing ``(hue, x)``; columns ``hue, x, mean, std, n``, sorted."""
-    stats = df.groupby([hue, x], sort=True)[y].agg(["mean", "std", "count"]).reset_index()
+    """Mean, sample standard deviation (ddof=1; 0 for a single seed), extremes and row count
+    of ``y`` over the rows sharing ``(hue, x)``; columns ``hue, x, mean, std, min, max, n``,
+    sorted."""
+    stats = (df.groupby([hue, x], sort=True)[y].agg(["mean", "std", "min", "max", "count"])
+             .reset_index())
     return stats.rename(columns={"count": "n"}).fillna({"std": 0.0})
 
 
@@ -122,8 +124,9 @@ def plot_sweep(
     xlabel: str | None = None,
     ylabel: str | None = None,
     legend: str | None = "best",
+    spread: str = "std",
 ) -> Axes:
-    """Mean ± standard deviation over seeds of ``y`` against ``x``, one line per ``hue``.
+    """Mean over seeds of ``y`` against ``x`` with error bars, one line per ``hue``.
 
     Args:
         df: one row per run (e.g. per seed); rows sharing ``(x, hue)`` are aggregated.
@@ -138,21 +141,31 @@ def plot_sweep(
             the column names (give units).
         legend: a matplotlib ``loc``, ``"outside"`` (right of the Axes, for many lines) or
             ``None`` (no legend, e.g. before :func:`~sar.plots.style.figure_legend`).
+        spread: ``"std"``: error bars of ± the sample standard deviation (ddof=1) over the
+            rows of each point; ``"range"``: from the smallest to the largest value, so bars
+            never leave a bounded metric's range (an angle near 0°, an accuracy near 1).
 
-    Error bars are the sample standard deviation (ddof=1) over the rows of each point. With
+    The legend title says which spread is drawn, and over how many seeds. With
     at most 12 distinct numeric ``x`` values there is a labelled tick at each (e.g. every
     imbalance factor), also on a log axis.
     """
+    if spread not in ("std", "range"):
+        raise ValueError(f"spread must be 'std' or 'range', got {spread!r}")
     stats = sweep_summary(df, x, y, hue)
     ax = _axes(ax)
     order = [level for level in dict.fromkeys(df[hue]) if level in set(stats[hue])]
     for level, colour in zip(order, level_colors(order), strict=True):
         group = stats[stats[hue] == level]
         xs = group[x].to_numpy(float) if pd.api.types.is_numeric_dtype(group[x]) else group[x]
+        mean = group["mean"].to_numpy(float)
+        low, high = group["min"].to_numpy(float), group["max"].to_numpy(float)
+        # clipped: the mean of equal values can come out a hair below them
+        yerr = (group["std"].to_numpy(float) if spread == "std"
+                else np.clip(np.stack([mean - low, high - mean]), 0.0, None))
         ax.errorbar(
             xs,
-            group["mean"].to_numpy(float),
-            yerr=group["std"].to_numpy(float),
+            mean,
+            yerr=yerr,
             marker="o",
             capsize=3,
             color=colour,
@@ -163,7 +176,8 @@ def plot_sweep(
     _ticks_at_values(ax, stats[x])
     lo, hi = int(stats["n"].min()), int(stats["n"].max())
     seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
-    _legend(ax, legend, title=f"{hue} (mean ± std over {seeds} seeds)")
+    bars = "± std" if spread == "std" else "and min–max"
+    _legend(ax, legend, title=f"{hue} (mean {bars} over {seeds} seeds)")
     ax.set(title=title or f"{pretty_label(y)} vs {pretty_label(x)}",
            xlabel=xlabel or pretty_label(x), ylabel=ylabel or pretty_label(y))
     return ax

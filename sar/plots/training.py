@@ -232,6 +232,7 @@ def plot_anchor_probabilities(
     class_names: Sequence[str] | None = None,
     ax: Axes | None = None,
     title: str = "Own-class probability of each projected anchor",
+    highlight: str | Sequence[str] | None = None,
 ) -> Axes:
     """One line per anchor: the probability the classifier gives anchor ``i`` for class ``i``.
 
@@ -245,6 +246,12 @@ def plot_anchor_probabilities(
         class_names: legend names (default: class indices); class colours as everywhere.
         ax: Axes to draw on; the legend sits to the right of it.
         title: Axes title.
+        highlight: class name(s) (of ``class_names``) to single out: their lines are drawn
+            thick and on top, the other classes' thin and faded, each in its class colour.
+
+    Raises:
+        ValueError: ``probs`` is not 2-D, ``steps`` does not match it, or a ``highlight``
+            name is not one of ``class_names``.
     """
     p = _numpy(probs).astype(np.float64)
     if p.ndim != 2:
@@ -255,9 +262,15 @@ def plot_anchor_probabilities(
     num_classes = p.shape[1]
     names = _names(class_names, num_classes)
     palette = class_palette(num_classes, class_names=class_names)
+    chosen = [highlight] if isinstance(highlight, str) else list(highlight or [])
+    if unknown := [name for name in chosen if name not in names]:
+        raise ValueError(f"highlight names {unknown} are not among the classes {names}")
     ax = _axes(ax)
     for c in range(num_classes):
-        ax.plot(xs, p[:, c], color=palette[c], linewidth=1.4, label=names[c])
+        style = ({"linewidth": 1.4} if not chosen else
+                 {"linewidth": 3.0, "zorder": 3} if names[c] in chosen else
+                 {"linewidth": 0.9, "alpha": 0.45})
+        ax.plot(xs, p[:, c], color=palette[c], label=names[c], **style)
     if filter_conf is not None and filter_conf < 1:
         ax.axhline(filter_conf, color="0.2", linestyle="--", linewidth=1.0,
                    label=f"filter_conf = {filter_conf:g}")
