@@ -39,7 +39,7 @@ LOGIT_ADJUSTED_SEGMENTATION_METHODS = ("logit_adjusted", "sar_logit_adjusted")
 # logit adjustment at weaker strengths than tau = 1, alone and under SAR (see METHOD_VARIANTS)
 TAU_SEGMENTATION_METHODS = ("logit_adjusted_tau0.25", "logit_adjusted_tau0.5",
                             "sar_logit_adjusted_tau0.5")
-# made by `python -m sar.pretrain` (about 35 minutes on one thread of a 2-core CPU), repository-relative
+# made by `python -m sar.pretrain` (35 minutes on one thread of a 2-core CPU); repo-relative
 PRETRAINED_ENCODER = "data/encoders/resnet18_fashion.pt"
 
 
