@@ -588,3 +588,46 @@ def test_plot_feature_grid_has_a_row_per_run_a_column_per_epoch_and_one_legend()
                                                                  "target (see row)"]
     assert all(ax.get_legend() is None for ax in axes)
     plt.close(fig)
+
+
+def test_plot_feature_grid_shares_one_square_view_per_row():
+    from sar.plots import plot_feature_grid
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 4
+    small, large = torch.randn(40, 2, generator=g), 10 * torch.randn(40, 2, generator=g) + 5
+    targets = torch.randn(4, 2, generator=g)
+    panels = {"CE": {1: (small, labels, targets), 2: (large, labels, targets)},
+              "SAR": {1: (small, labels, None), 2: (small, labels, targets)}}
+    own = plot_feature_grid(panels)
+    assert own.axes[0].get_xlim() != own.axes[1].get_xlim()  # default: a view per panel
+    assert own.texts[0].get_text() == "feature 1 (feature units); each panel has its own scale," \
+                                      " equal on both axes"
+    fig = plot_feature_grid(panels, share="row")
+    for row in (fig.axes[:2], fig.axes[2:]):
+        assert row[0].get_xlim() == row[1].get_xlim() and row[0].get_ylim() == row[1].get_ylim()
+        (x0, x1), (y0, y1) = row[0].get_xlim(), row[0].get_ylim()
+        assert x1 - x0 == pytest.approx(y1 - y0)  # still square: distances read true
+    for ax_own, ax_shared in zip(own.axes, fig.axes, strict=True):  # holds each panel's own view
+        (a0, a1), (b0, b1) = ax_own.get_xlim(), ax_shared.get_xlim()
+        assert b0 <= a0 + 1e-9 and a1 <= b1 + 1e-9
+    assert fig.axes[0].get_xlim() != fig.axes[2].get_xlim()  # rows keep their own scales
+    assert [ax.yaxis.get_tick_params()["labelleft"] for ax in fig.axes] == [True, False] * 2
+    assert {t.get_text() for t in fig.texts} == {
+        "feature 1 (feature units); each row has its own scale, equal on both axes",
+        "feature 2 (feature units)"}
+    with pytest.raises(ValueError, match="share"):
+        plot_feature_grid(panels, share="column")
+    plt.close("all")
+
+
+def test_metric_curves_take_line_styles_and_markers_for_some_levels():
+    from sar.plots import plot_metric_curves
+
+    df = pd.DataFrame({"run": ["x", "x", "y", "y"], "epoch": [0, 1, 0, 1],
+                       "acc": [0.1, 0.2, 0.3, 0.4]})
+    ax = plot_metric_curves(df, "acc", hue="run", linestyles={"y": "--"}, markers={"y": "s"})
+    x_line, y_line = ax.get_lines()
+    assert (x_line.get_linestyle(), x_line.get_marker()) == ("-", "o")
+    assert (y_line.get_linestyle(), y_line.get_marker()) == ("--", "s")
+    plt.close(ax.figure)

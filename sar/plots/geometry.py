@@ -290,6 +290,26 @@ def _square_limits(points: np.ndarray, must_show: np.ndarray | None,
     return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
 
 
+def _feature_view(features: ArrayLike, targets: ArrayLike | None = None,
+                  max_points: int = 2000, seed: int = 0,
+                  coverage: float = 0.99) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The square view ``((x0, x1), (y0, y1))`` that :func:`plot_features_2d` computes for
+    these features and targets: every target and the central ``coverage`` of the (seeded
+    subsample of the) features on each axis, with a 5 % margin."""
+    xy = _numpy(features).astype(np.float64)
+    stars = None if targets is None else _numpy(targets).astype(np.float64)
+    return _square_limits(xy[_subsample(len(xy), max_points, seed)], stars, coverage)
+
+
+def _union_view(views: Sequence[tuple[tuple[float, float], tuple[float, float]]]
+                ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The smallest square view holding every one of ``views``."""
+    lo = np.array([[v[0][0], v[1][0]] for v in views]).min(0)
+    hi = np.array([[v[0][1], v[1][1]] for v in views]).max(0)
+    centre, half = (lo + hi) / 2, float((hi - lo).max()) / 2
+    return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
+
+
 def plot_features_2d(
     features: ArrayLike,
     labels: ArrayLike,
@@ -302,6 +322,7 @@ def plot_features_2d(
     coverage: float = 0.99,
     legend: bool = True,
     target_label: str = "target",
+    view: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> Axes:
     """Two-dimensional features as they are, no projection: a dot per feature in its class's
     colour, a star per class target (semantic anchor, prototype, class mean) in the same colour.
@@ -316,6 +337,8 @@ def plot_features_2d(
         max_points: above this many features, a seeded random subset is drawn.
         legend: draw the class legend (a grid of panels shares one:
             :func:`~sar.plots.style.figure_legend`); ``target_label`` names the stars in it.
+        view: ``((x0, x1), (y0, y1))`` to draw instead of the computed square view (panels
+            sharing one scale); the points outside it are counted.
 
     Raises:
         ValueError: features that are not ``(N, 2)`` (project wider ones with
@@ -332,7 +355,7 @@ def plot_features_2d(
     palette = class_palette(num_classes, None, class_names)
     names = _names(class_names, num_classes)
     keep = _subsample(len(xy), max_points, seed)
-    xlim, ylim = _square_limits(xy[keep], stars, coverage)
+    xlim, ylim = view if view is not None else _square_limits(xy[keep], stars, coverage)
     ax = _axes(ax)
     for c in np.unique(labs[keep]):
         pts = xy[keep][labs[keep] == c]
@@ -360,6 +383,7 @@ def plot_feature_grid(
     class_names: Sequence[str] | None = None,
     target_names: Mapping[str, str] | None = None,
     panel_size: float = 2.9,
+    share: str | None = None,
     **options: Any,
 ) -> Figure:
     """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch.
@@ -372,16 +396,25 @@ def plot_feature_grid(
         target_names: ``{row label: what its stars are}`` (e.g. "semantic anchors"), written
             under the row label; a panel without targets says so.
         panel_size: width and height of one panel (inches).
+        share: ``None``: each panel has its own square view; ``"row"``: the panels of a row
+            share one, the smallest square holding each panel's own view, so the epochs of a
+            run are drawn in one fixed frame, and only the row's first panel keeps its tick
+            labels on the vertical axis.
         options: passed to :func:`plot_features_2d` (``max_points``, ``coverage``, ...).
 
     Returns:
         The Figure; ``fig.axes`` row by row.
     """
+    if share not in (None, "row"):
+        raise ValueError(f"share must be None or 'row', got {share!r}")
     epochs = sorted({epoch for row in panels.values() for epoch in row})
     target_names = dict(target_names or {})
+    view_options = {k: options[k] for k in ("max_points", "seed", "coverage") if k in options}
     fig, axes = plt.subplots(len(panels), len(epochs), squeeze=False,
                              figsize=(panel_size * len(epochs) + 1.8, panel_size * len(panels)))
     for row_axes, (label, row) in zip(axes, panels.items(), strict=True):
+        view = (_union_view([_feature_view(f, t, **view_options) for f, _, t in row.values()])
+                if share == "row" else None)
         for ax, epoch in zip(row_axes, epochs, strict=True):
             if epoch not in row:
                 ax.set_axis_off()
@@ -390,9 +423,9 @@ def plot_feature_grid(
             shown = target_names.get(label, "targets")
             title = f"epoch {epoch}" + ("" if targets is not None else f"\n(no {shown} yet)")
             plot_features_2d(features, labels, targets, class_names=class_names, ax=ax,
-                             title=title, legend=False, **options)
+                             title=title, legend=False, view=view, **options)
             ax.set(xlabel="", ylabel="")
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=7, labelleft=share is None or epoch == min(row))
         row_axes[0].set_ylabel(f"{label}\nstars: {target_names.get(label, 'targets')}",
                                fontsize=10)
     num_classes = max(max(int(_numpy(labels).max()) + 1, 0 if targets is None else len(targets))
@@ -405,7 +438,9 @@ def plot_feature_grid(
                           markeredgecolor="black"))
     fig.legend(handles, [*names, "target (see row)"], title="class", loc="center left",
                bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.supxlabel("feature 1 (feature units); each panel has its own scale, equal on both axes",
+    scale = "each row" if share == "row" else "each panel"
+    fig.supxlabel(f"feature 1 (feature units); {scale} has its own scale, equal on both axes",
                   fontsize=9)
+    fig.supylabel("feature 2 (feature units)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -131,6 +131,8 @@ def plot_metric_curves(
     xlabel: str | None = None,
     ylabel: str | None = None,
     colors: Mapping[str, Any] | None = None,
+    linestyles: Mapping[str, str] | None = None,
+    markers: Mapping[str, str] | None = None,
 ) -> Axes:
     """Mean of ``y`` against ``x``, one line per ``hue`` level, with a ± std band over runs.
 
@@ -143,7 +145,9 @@ def plot_metric_curves(
     ``linestyle="--"`` and a ``label_suffix`` can add a related column to the same Axes.
     Registry method names are written as their display labels; a log axis gets plain ticks.
     ``colors`` overrides the colour of some levels (e.g. shades of one method for the levels
-    of a knob).
+    of a knob); ``linestyles`` and ``markers`` override ``linestyle`` and the ``"o"`` marker
+    of some levels, so that shades of one colour stay apart in print and for colour-blind
+    readers.
     """
     order = list(hue_order) if hue_order is not None else list(dict.fromkeys(df[hue]))
     colours = [(colors or {}).get(level, colour)
@@ -155,7 +159,8 @@ def plot_metric_curves(
         if rows.empty:
             continue
         xs, mean, std = (rows[c].to_numpy(float) for c in (x, "mean", "std"))
-        ax.plot(xs, mean, linestyle=linestyle, marker="o", markersize=4, color=colours[i],
+        ax.plot(xs, mean, linestyle=(linestyles or {}).get(level, linestyle),
+                marker=(markers or {}).get(level, "o"), markersize=4, color=colours[i],
                 label=f"{method_label(level)}{label_suffix}")
         if (rows["n"] > 1).any():
             ax.fill_between(xs, mean - std, mean + std, color=colours[i], alpha=0.15,
