@@ -3,6 +3,7 @@ differences, figures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,14 @@ def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
 
 
 def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
-                     columns: str | None = None, scale: float = 100.0) -> str:
+                     columns: str | None = None, scale: float = 100.0,
+                     label: Callable[[str], str] = str) -> str:
     """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric,
-    computed separately within each level of ``columns`` when given (e.g. per setting)."""
+    computed separately within each level of ``columns`` when given (e.g. per setting).
+    ``label`` writes the row and metric names (e.g. :func:`sar.plots.pretty_label`)."""
     groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
-    header = [f"Δ {m}" if level is None else (str(level) if len(metrics) == 1
-                                              else f"{level} Δ {m}")
+    header = [f"Δ {label(m)}" if level is None else (str(level) if len(metrics) == 1
+                                                     else f"{level} Δ {label(m)}")
               for level, _ in groups for m in metrics]
     lines = [f"| {by} | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for row in dict.fromkeys(df[by]):
@@ -99,7 +102,7 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
                 mean, std, n = paired_gap(part, metric, row, reference, by)
                 spread = f" ± {std * scale:.2f}" if n > 1 else ""
                 cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
