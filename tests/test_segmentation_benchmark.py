@@ -178,6 +178,34 @@ def test_a_cached_scene_run_trains_once_and_reloads_the_same_model(tmp_path, mon
         cached_scene_run("sar", "Unet", setup, 3, "cpu", options={"update_conf": 0.5})
 
 
+def test_cached_scene_runs_in_workers_equal_one_thread_runs_here(tmp_path, monkeypatch):
+    from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run, cached_scene_runs
+
+    monkeypatch.setenv("SAR_CACHE", "1")
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=6, val_scenes=2, max_steps=3)
+    requests = [("ce", None), ("sar", {"update_conf": 0.5})]
+    monkeypatch.setenv("SAR_CACHE_DIR", str(tmp_path / "workers"))
+    in_workers = cached_scene_runs(requests, "Unet", setup, 1, "cpu", processes=2,
+                                   progress=False, name="pair")
+    assert len(list((tmp_path / "workers").glob("pair_*.pt"))) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker ran with
+    try:
+        monkeypatch.setenv("SAR_CACHE_DIR", str(tmp_path / "here"))
+        here = [cached_scene_run(method, "Unet", setup, 1, "cpu", progress=False,
+                                 options=options, name="pair") for method, options in requests]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(in_workers, here, strict=True):
+        assert a["scores"]["mIoU"] == b["scores"]["mIoU"]
+        assert a["history"].equals(b["history"])
+        for key, value in a["model"].state_dict().items():
+            assert torch.equal(value, b["model"].state_dict()[key]), key
+    assert in_workers[1]["model"].regularizer.update_conf == 0.5  # options reach the model
+    assert sorted(p.name for p in (tmp_path / "workers").glob("*.pt")) == sorted(
+        p.name for p in (tmp_path / "here").glob("*.pt"))  # the same cache keys
+
+
 def test_a_cache_dict_from_another_setup_is_refused_not_reused(tmp_path, monkeypatch):
     from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run, train_on_scenes
 

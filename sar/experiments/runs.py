@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .. import data as sar_data
 from .. import methods
-from ..cache import cached
+from ..cache import cached_in_processes
 from ..config import seed_everything
 from ..encoder_weights import sha256_of, verify_encoder_weights
 from ..metrics import classifier_weights, logit_statistics
@@ -286,11 +288,12 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
 def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int,
                      device: torch.device | str, cache: dict[str, Any] | None = None, *,
                      progress: bool = True, options: dict[str, Any] | None = None,
-                     name: str = "scene_run") -> dict[str, Any]:
+                     name: str = "scene_run", verbose: bool = True) -> dict[str, Any]:
     """:func:`train_on_scenes` through :func:`sar.cache.cached`: loaded when the same run
     (method, architecture, the setup's :meth:`~SegmentationSetup.run_fields`, seed, options,
     encoder checksum, device type) was saved before, trained and saved otherwise: a method
     added to the grid does not retrain the runs already cached. ``SAR_CACHE=0`` retrains.
+    ``verbose=False`` drops the cache's "loaded from" line.
 
     Returns:
         As :func:`train_on_scenes`, the model rebuilt from the saved state on ``device``.
@@ -298,21 +301,56 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
     Raises:
         FileNotFoundError, ValueError: as :func:`train_on_scenes`.
     """
-    cache = _scene_cache(cache, setup)  # the scenes rebuild the model below, loaded or not
+    return cached_scene_runs([(method, options)], arch, setup, seed, device, cache,
+                             processes=1, progress=progress, name=name, verbose=verbose)[0]
+
+
+def cached_scene_runs(requests: Sequence[tuple[str, dict[str, Any] | None]], arch: str,
+                      setup: SegmentationSetup, seed: int, device: torch.device | str,
+                      cache: dict[str, Any] | None = None, *, processes: int = 2,
+                      progress: bool = True, name: str = "scene_run", verbose: bool = True
+                      ) -> list[dict[str, Any]]:
+    """:func:`cached_scene_run` for each ``(method, options)`` of ``requests``, the cache
+    misses trained ``processes`` at a time in one-thread worker processes
+    (:func:`sar.cache.cached_in_processes`) when ``device`` is the CPU; on a GPU they train
+    one after another in this process. Same cache entries as :func:`cached_scene_run`, and a
+    worker computes what a one-thread run here would (seeded code, same numbers).
+
+    Returns:
+        One run per request, in order, each as :func:`train_on_scenes` gives it.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`train_on_scenes`; whatever a worker raised.
+    """
+    cache = _scene_cache(cache, setup)  # the scenes rebuild the models below, loaded or not
     device = torch.device(device)
-    config = {"method": method, "arch": arch, "setup": setup.run_fields(), "seed": seed,
-              "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
-              "device": device.type}
+    jobs = []
+    for method, options in requests:
+        config = {"method": method, "arch": arch, "setup": setup.run_fields(), "seed": seed,
+                  "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
+                  "device": device.type}
+        here = device.type != "cpu" or processes == 1  # a worker rebuilds its own scenes
+        train = partial(_train_scene_state, method, arch, setup, seed, device.type, options,
+                        cache if here else None, progress and here)
+        jobs.append((f"{name}_{method}_{arch}_seed{seed}", config, train))
+    stored = cached_in_processes(jobs, processes=processes if device.type == "cpu" else 1,
+                                 progress=progress, desc="scene runs", verbose=verbose)
+    runs = []
+    for (method, options), run in zip(requests, stored, strict=True):
+        model, _ = build_scene_model(method, arch, setup, cache["scenes"][0], **(options or {}))
+        model.load_state_dict(run["model"])
+        runs.append({**run, "model": model.to(device).eval()})
+    return runs
 
-    def train() -> dict[str, Any]:
-        out = train_on_scenes(method, arch, setup, seed, device, cache, progress=progress,
-                              options=options)
-        return {**out, "model": out["model"].cpu().state_dict()}
 
-    stored = cached(f"{name}_{method}_{arch}_seed{seed}", config, train)
-    model, _ = build_scene_model(method, arch, setup, cache["scenes"][0], **(options or {}))
-    model.load_state_dict(stored["model"])
-    return {**stored, "model": model.to(device).eval()}
+def _train_scene_state(method: str, arch: str, setup: SegmentationSetup, seed: int,
+                       device: str, options: dict[str, Any] | None,
+                       cache: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    """:func:`train_on_scenes` with the model as a CPU state dict (what the cache stores);
+    module-level, so it pickles into a worker process."""
+    out = train_on_scenes(method, arch, setup, seed, device, cache, progress=progress,
+                          options=options)
+    return {**out, "model": out["model"].cpu().state_dict()}
 
 
 def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
