@@ -254,6 +254,7 @@ def test_the_pipeline_diagram_names_every_stage_and_the_full_loss() -> None:
                   "feature f", "logits", "CE(logits, y)", "image x"):
         assert stage in text, stage
     assert "L = CE + 1.0·L_anchor + 0.1·L_pull" in text
+    assert "‖f − s_y‖² / D" in text  # the pull as the loss equation writes it: mean over D
     assert "update_conf 0.8" in text and "filter_conf 0.9" in text
     assert "momentum 0.999" in text
     assert fig.get_size_inches()[0] <= 13  # fits a notebook's width at 100 dpi
