@@ -204,7 +204,7 @@ def test_training_curves_keep_coinciding_flags_visible_and_small_terms_on_a_righ
     assert [line.get_label() for line in right.get_lines()] == ["pull (right axis)"]
     np.testing.assert_array_equal(right.get_lines()[0].get_ydata(), history["pull"])  # raw
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "anchor CE (rolling mean, 5 rows)", "pull (right axis)"]
+        "anchor CE (trailing mean over 5 logged steps)", "pull (right axis)"]
     assert right.get_ylabel() == "pull"
     flags = plots.plot_training_curves(history, ["gate_passed", "gate_opened"])
     first, second = flags.get_lines()
