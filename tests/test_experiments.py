@@ -138,6 +138,8 @@ def test_paired_gap_table_against_a_reference_setting():
     named = paired_gap_table(df, "setting", "default", ["acc"], label=str.upper)
     assert named.splitlines()[0] == "| setting | Δ ACC |"
     assert "| KNOB | +15.00 ± 7.07 (n=2) |" in named
+    bare = paired_gap_table(df, "setting", "default", ["acc"], counts=False)
+    assert "| knob | +15.00 ± 7.07 |" in bare and "(n=" not in bare
 
 
 def test_ablation_loss_option_picks_the_logit_adjusted_method():
