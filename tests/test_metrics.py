@@ -26,6 +26,7 @@ from sar.metrics import (
     segmentation_summary,
     shot_accuracy,
     target_distance_ratio,
+    target_distance_split,
     target_distances,
 )
 
@@ -468,6 +469,25 @@ def test_target_distance_ratio_on_class_means_is_the_ratio_metric():
     ratio = representation_metrics(features, labels, 4)["ratio"]
     # class_means returns float32 means, the metric measures in float64
     assert (per_class * counts).sum().item() / 80 == pytest.approx(ratio, rel=1e-6)
+
+
+def test_target_distance_split_adds_scatter_and_offset_to_the_distance():
+    g = torch.Generator().manual_seed(5)
+    features, labels = torch.randn(90, 6, generator=g), torch.arange(90) % 3
+    targets = torch.randn(3, 6, generator=g)
+    split = target_distance_split(features, labels, targets)
+    counts = torch.bincount(labels).double()
+    per_class = target_distance_ratio(features, labels, targets)
+    assert split["total"] == pytest.approx((per_class * counts).sum().item() / 90)
+    assert split["scatter"] + split["offset"] == pytest.approx(split["total"])
+    ratio = representation_metrics(features, labels, 3)["ratio"]
+    assert split["tightness"] == pytest.approx(ratio)
+    own = target_distance_split(features, labels, class_means(features, labels, 3))
+    assert own["offset"] == pytest.approx(0, abs=1e-12)
+    assert own["total"] == pytest.approx(own["tightness"], rel=1e-6)
+    moved = target_distance_split(features + 3.0, labels, targets)  # same clusters, elsewhere
+    assert moved["tightness"] == pytest.approx(split["tightness"])
+    assert moved["offset"] != pytest.approx(split["offset"])
 
 
 @pytest.mark.parametrize(("labels", "targets", "match"), [

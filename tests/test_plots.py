@@ -444,11 +444,17 @@ def test_plot_target_distances_draws_every_point_in_its_class_colour_under_a_sha
     features = targets[labels] + 0.1 * torch.randn(60, 5, generator=g)
     own, nearest = target_distances(features, labels, targets)
     ax = plot_target_distances(own, nearest, labels, class_names=["a", "b", "c"], limit=2.0)
-    points = sum(len(c.get_offsets()) for c in ax.collections)
-    assert points == 60 and ax.get_xlim() == (0, 2.0) and ax.get_ylim() == (0, 2.0)
-    palette = class_palette(3, None, ["a", "b", "c"])
-    for c, collection in enumerate(ax.collections):
-        assert np.allclose(collection.get_facecolor()[0][:3], palette[c][:3])
+    (points,) = ax.collections  # one scatter, classes interleaved: none drawn over the rest
+    assert len(points.get_offsets()) == 60
+    assert ax.get_xlim() == (0, 2.0) and ax.get_ylim() == (0, 2.0)
+    palette = np.array(class_palette(3, None, ["a", "b", "c"]))[:, :3]
+    drawn = points.get_offsets()
+    for (x, y), colour in zip(drawn, points.get_facecolor(), strict=True):
+        i = int(np.argmin(np.abs(own.numpy() - x) + np.abs(nearest.numpy() - y)))
+        assert np.allclose(colour[:3], palette[labels[i]])
+    assert not np.array_equal(np.asarray(drawn)[:, 0], own.numpy())  # shuffled order
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c",
+                                                                   "own = nearest"]
     plt.close(ax.figure)
 
 
@@ -616,8 +622,15 @@ def test_plot_feature_grid_shares_one_square_view_per_row():
     assert {t.get_text() for t in fig.texts} == {
         "feature 1 (feature units); each row has its own scale, equal on both axes",
         "feature 2 (feature units)"}
+    mixed = plot_feature_grid(panels, share={"SAR": "row"})  # CE: a view per panel
+    assert mixed.axes[0].get_xlim() == own.axes[0].get_xlim() != mixed.axes[1].get_xlim()
+    assert mixed.axes[2].get_xlim() == fig.axes[2].get_xlim() == mixed.axes[3].get_xlim()
+    assert mixed.texts[0].get_text() == "feature 1 (feature units); each row (CE: each panel)" \
+                                        " has its own scale, equal on both axes"
     with pytest.raises(ValueError, match="share"):
         plot_feature_grid(panels, share="column")
+    with pytest.raises(ValueError, match="share"):
+        plot_feature_grid(panels, share={"CE": "column"})
     plt.close("all")
 
 

@@ -14,7 +14,8 @@ Three families, all taking torch tensors (numpy arrays are converted):
 * **Representation geometry** - how tightly features cluster around their class mean or
   anchor (:func:`representation_metrics`, including neural-collapse NC1;
   :func:`class_mean_cosines`, how close two classes' centred means lie;
-  :func:`target_distance_ratio` per class, scale-free) and how much class
+  :func:`target_distance_ratio` per class, scale-free; :func:`target_distance_split`
+  into scatter and offset) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
 
 Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
@@ -32,6 +33,7 @@ from .geometry import (
     pull_shares,
     representation_metrics,
     target_distance_ratio,
+    target_distance_split,
     target_distances,
 )
 from .scores import (
@@ -68,5 +70,6 @@ __all__ = [
     "segmentation_summary",
     "shot_accuracy",
     "target_distance_ratio",
+    "target_distance_split",
     "target_distances",
 ]

@@ -320,6 +320,43 @@ def target_distance_ratio(
     return per_class / spacing
 
 
+def target_distance_split(
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+) -> dict[str, float]:
+    """The distance to the targets, split into the clusters' scatter and their offset.
+
+    For every sample ``‖f_i − t_y‖² = ‖f_i − μ_y‖² + ‖μ_y − t_y‖²`` plus a cross term that
+    averages to zero within each class (``μ_y`` the class mean), so the mean squared distance
+    to the targets is the within-class scatter plus the squared offset of the class means from
+    the targets. The class means are therefore the nearest targets any run can have, and a
+    distance to other targets says nothing about tightness until the offset is taken out.
+
+    Args:
+        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)``.
+
+    Returns:
+        Floats, all over the targets' mean squared pairwise spacing (as
+        :func:`target_distance_ratio`): ``total`` (mean over samples of ``‖f_i − t_y‖²``, the
+        class-weighted mean of :func:`target_distance_ratio`), ``scatter`` (of
+        ``‖f_i − μ_y‖²``) and ``offset`` (of ``‖μ_y − t_y‖²``), ``total = scatter + offset``;
+        and ``tightness``: the scatter over the spacing of the *class means* instead, the
+        ``ratio`` of :func:`representation_metrics`, which needs no targets and so compares
+        runs whatever they are pulled toward.
+
+    Raises:
+        ValueError: as :func:`target_distance_ratio`.
+    """
+    feats, labels, target, spacing = _targets_and_spacing(features, labels, targets)
+    means = _class_means64(feats, labels, target.shape[0])
+    present = torch.bincount(labels, minlength=target.shape[0]) > 0
+    scatter = (feats - means[labels]).square().sum(dim=1).mean()
+    offset = (means[labels] - target[labels]).square().sum(dim=1).mean()
+    total = (feats - target[labels]).square().sum(dim=1).mean()
+    return {"total": (total / spacing).item(), "scatter": (scatter / spacing).item(),
+            "offset": (offset / spacing).item(),
+            "tightness": (scatter / _mean_squared_spacing(means[present])).item()}
+
+
 def target_distances(
     features: ArrayLike, labels: ArrayLike, targets: ArrayLike
 ) -> tuple[torch.Tensor, torch.Tensor]:

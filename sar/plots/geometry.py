@@ -253,7 +253,8 @@ def plot_target_distances(
     Args:
         own, nearest_other: ``(N,)`` distances (unitless); labels: ``(N,)`` classes.
         class_names: legend names (the fixed class palette colours the points).
-        max_points: above this many points a seeded random subset is drawn.
+        max_points: above this many points a seeded random subset is drawn; the points are
+            drawn in a seeded random order, so that no class hides the others.
         limit: upper limit of both axes (default: the data's 99th percentile), so that panels
             of a grid can share one scale.
         title: Axes title; legend: draw the class legend (a grid shares one:
@@ -266,15 +267,17 @@ def plot_target_distances(
     ax = _axes(ax)
     num_classes = int(labs.max()) + 1
     palette, names = class_palette(num_classes, None, class_names), _names(class_names, num_classes)
-    for c in np.unique(labs):
-        ax.scatter(x[labs == c], y[labs == c], s=7, alpha=0.55, color=palette[c], label=names[c],
-                   linewidths=0)
+    order = np.random.default_rng(seed).permutation(len(x))  # no class drawn over the rest
+    ax.scatter(x[order], y[order], s=7, alpha=0.55, linewidths=0,
+               c=[palette[c] for c in labs[order]])
     top = limit if limit is not None else float(np.percentile(np.concatenate([x, y]), 99))
     ax.plot([0, top], [0, top], linestyle="--", color="0.4", linewidth=1, label="own = nearest")
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="distance to own target (× RMS target spacing)",
            ylabel="distance to nearest other target", title=title or "Features and their targets")
     if legend:
-        ax.legend(fontsize=8, markerscale=2, loc="lower right")
+        handles = [Line2D([], [], marker="o", markersize=5, linestyle="none", color=palette[c],
+                          label=names[c]) for c in np.unique(labs)]
+        ax.legend(handles=[*handles, *ax.get_lines()], fontsize=8, loc="lower right")
     return ax
 
 
@@ -383,7 +386,7 @@ def plot_feature_grid(
     class_names: Sequence[str] | None = None,
     target_names: Mapping[str, str] | None = None,
     panel_size: float = 2.9,
-    share: str | None = None,
+    share: str | Mapping[str, str | None] | None = None,
     **options: Any,
 ) -> Figure:
     """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch.
@@ -399,22 +402,26 @@ def plot_feature_grid(
         share: ``None``: each panel has its own square view; ``"row"``: the panels of a row
             share one, the smallest square holding each panel's own view, so the epochs of a
             run are drawn in one fixed frame, and only the row's first panel keeps its tick
-            labels on the vertical axis.
+            labels on the vertical axis; or ``{row label: None or "row"}`` to choose per row
+            (rows left out: ``None``), e.g. a row whose later panels would be specks in a
+            frame made for its first.
         options: passed to :func:`plot_features_2d` (``max_points``, ``coverage``, ...).
 
     Returns:
         The Figure; ``fig.axes`` row by row.
     """
-    if share not in (None, "row"):
-        raise ValueError(f"share must be None or 'row', got {share!r}")
+    shares = dict(share) if isinstance(share, Mapping) else dict.fromkeys(panels, share)
+    if not set(shares.values()) <= {None, "row"}:
+        raise ValueError(f"share must be None or 'row' (or a mapping to those), got {share!r}")
     epochs = sorted({epoch for row in panels.values() for epoch in row})
     target_names = dict(target_names or {})
     view_options = {k: options[k] for k in ("max_points", "seed", "coverage") if k in options}
     fig, axes = plt.subplots(len(panels), len(epochs), squeeze=False,
                              figsize=(panel_size * len(epochs) + 1.8, panel_size * len(panels)))
     for row_axes, (label, row) in zip(axes, panels.items(), strict=True):
+        shared = shares.get(label) == "row"
         view = (_union_view([_feature_view(f, t, **view_options) for f, _, t in row.values()])
-                if share == "row" else None)
+                if shared else None)
         for ax, epoch in zip(row_axes, epochs, strict=True):
             if epoch not in row:
                 ax.set_axis_off()
@@ -425,7 +432,7 @@ def plot_feature_grid(
             plot_features_2d(features, labels, targets, class_names=class_names, ax=ax,
                              title=title, legend=False, view=view, **options)
             ax.set(xlabel="", ylabel="")
-            ax.tick_params(labelsize=7, labelleft=share is None or epoch == min(row))
+            ax.tick_params(labelsize=7, labelleft=not shared or epoch == min(row))
         row_axes[0].set_ylabel(f"{label}\nstars: {target_names.get(label, 'targets')}",
                                fontsize=10)
     num_classes = max(max(int(_numpy(labels).max()) + 1, 0 if targets is None else len(targets))
@@ -438,7 +445,9 @@ def plot_feature_grid(
                           markeredgecolor="black"))
     fig.legend(handles, [*names, "target (see row)"], title="class", loc="center left",
                bbox_to_anchor=(1.0, 0.5), frameon=False)
-    scale = "each row" if share == "row" else "each panel"
+    own = [label for label in panels if shares.get(label) != "row"]
+    scale = ("each panel" if len(own) == len(panels) else "each row" if not own
+             else f"each row ({', '.join(own)}: each panel)")
     fig.supxlabel(f"feature 1 (feature units); {scale} has its own scale, equal on both axes",
                   fontsize=9)
     fig.supylabel("feature 2 (feature units)", fontsize=9)
