@@ -644,3 +644,15 @@ def test_metric_curves_take_line_styles_and_markers_for_some_levels():
     assert (x_line.get_linestyle(), x_line.get_marker()) == ("-", "o")
     assert (y_line.get_linestyle(), y_line.get_marker()) == ("--", "s")
     plt.close(ax.figure)
+
+
+def test_metric_curves_draw_bands_only_for_the_levels_asked():
+    from sar.plots import plot_metric_curves
+
+    df = pd.DataFrame({"run": ["x"] * 4 + ["y"] * 4, "epoch": [0, 0, 1, 1] * 2,
+                       "acc": [0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5]})
+    assert len(plot_metric_curves(df, "acc", hue="run").collections) == 2
+    plt.close("all")
+    ax = plot_metric_curves(df, "acc", hue="run", bands=["x"])
+    assert len(ax.collections) == 1 and len(ax.get_lines()) == 2
+    plt.close(ax.figure)

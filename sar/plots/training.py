@@ -133,6 +133,7 @@ def plot_metric_curves(
     colors: Mapping[str, Any] | None = None,
     linestyles: Mapping[str, str] | None = None,
     markers: Mapping[str, str] | None = None,
+    bands: Sequence[str] | None = None,
 ) -> Axes:
     """Mean of ``y`` against ``x``, one line per ``hue`` level, with a ± std band over runs.
 
@@ -147,7 +148,8 @@ def plot_metric_curves(
     ``colors`` overrides the colour of some levels (e.g. shades of one method for the levels
     of a knob); ``linestyles`` and ``markers`` override ``linestyle`` and the ``"o"`` marker
     of some levels, so that shades of one colour stay apart in print and for colour-blind
-    readers.
+    readers. ``bands`` lists the levels that get a band (default: all), so that two levels whose
+    bands overlap can still be read.
     """
     order = list(hue_order) if hue_order is not None else list(dict.fromkeys(df[hue]))
     colours = [(colors or {}).get(level, colour)
@@ -162,7 +164,7 @@ def plot_metric_curves(
         ax.plot(xs, mean, linestyle=(linestyles or {}).get(level, linestyle),
                 marker=(markers or {}).get(level, "o"), markersize=4, color=colours[i],
                 label=f"{method_label(level)}{label_suffix}")
-        if (rows["n"] > 1).any():
+        if (rows["n"] > 1).any() and (bands is None or level in bands):
             ax.fill_between(xs, mean - std, mean + std, color=colours[i], alpha=0.15,
                             linewidth=0)
     if logy:
