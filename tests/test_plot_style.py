@@ -204,7 +204,7 @@ def test_training_curves_keep_coinciding_flags_visible_and_small_terms_on_a_righ
     assert [line.get_label() for line in right.get_lines()] == ["pull (right axis)"]
     np.testing.assert_array_equal(right.get_lines()[0].get_ydata(), history["pull"])  # raw
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "anchor CE (rolling mean, 5 rows)", "pull (right axis)"]
+        "anchor CE (trailing mean over 5 logged steps)", "pull (right axis)"]
     assert right.get_ylabel() == "pull"
     flags = plots.plot_training_curves(history, ["gate_passed", "gate_opened"])
     first, second = flags.get_lines()
@@ -254,6 +254,7 @@ def test_the_pipeline_diagram_names_every_stage_and_the_full_loss() -> None:
                   "feature f", "logits", "CE(logits, y)", "image x"):
         assert stage in text, stage
     assert "L = CE + 1.0·L_anchor + 0.1·L_pull" in text
+    assert "‖f − s_y‖² / D" in text  # the pull as the loss equation writes it: mean over D
     assert "update_conf 0.8" in text and "filter_conf 0.9" in text
     assert "momentum 0.999" in text
     assert fig.get_size_inches()[0] <= 13  # fits a notebook's width at 100 dpi

@@ -141,9 +141,9 @@ def test_training_curves_with_smoothing_and_gate_column():
     assert isinstance(ax, Axes)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == [
-        "loss (rolling mean, 5 rows)",
+        "loss (trailing mean over 5 logged steps)",
         "gate opened",  # raw column names become labels
-        "val_acc (rolling mean, 5 rows)",
+        "val_acc (trailing mean over 5 logged steps)",
     ]
     # Lines: loss raw, loss smoothed, gate (never smoothed), val_acc raw, val_acc smoothed.
     lines = ax.get_lines()

@@ -180,6 +180,26 @@ def test_same_keys_whether_gate_is_closed_or_open():
     assert closed["gate_opened"].item() == 0.0 and opened["gate_opened"].item() == 1.0
 
 
+def test_toy_batch_losses_with_and_without_the_gate():
+    """Notebook 01's toy batch: the regulariser's returned values, pinned to 3 decimals."""
+    def losses(**options):
+        torch.manual_seed(0)
+        reg = SemanticAnchorRegularizer(num_classes=4, feat_dim=8, **options)
+        head = nn.Linear(8, 4)
+        features = torch.rand(6, 8, generator=torch.Generator().manual_seed(0))
+        out = reg(features, torch.tensor([0, 1, 2, 3, 0, 1]), classifier=head)
+        return reg, {key: round(value.item(), 3) for key, value in out.items()}
+
+    reg, gated = losses()
+    assert gated == {"anchor_ce": 1.477, "pull": 0.0, "loss": 1.477, "gate_passed": 0.0,
+                     "gate_opened": 0.0, "anchor_accuracy": 0.25, "min_anchor_prob": 0.169}
+    assert reg.num_updates.item() == 0  # a closed gate leaves the semantic anchors alone
+    reg, ungated = losses(use_gate=False)
+    assert ungated == {**gated, "pull": 0.033, "loss": 1.511, "gate_passed": 1.0,
+                       "gate_opened": 1.0}
+    assert reg.num_updates.item() == 1  # the first call copied z into the semantic anchors
+
+
 def test_state_dict_round_trip_restores_gate_and_ema(device):
     reg = make_regularizer(momentum=0.9).to(device)
     head = confident_classifier(reg, 40.0)

@@ -131,8 +131,8 @@ def plot_sar_pipeline(regularizer: Any = None, ax: Axes | None = None) -> Figure
          " and argmax right", _SAR, width=0.16)
     _box(ax, ema_x, _MID, "EMA: semantic anchors s", "s ← m·s + (1 − m)·g(A)\n"
          f"momentum m = {_num(knobs['momentum'])}", _SAR, width=0.2)
-    _box(ax, pull_x, _MID, "L_pull", "mean ‖f − s_y‖²: each feature\nto its class's s (s fixed)",
-         _LOSS, width=0.2)
+    _box(ax, pull_x, _MID, "L_pull",
+         "‖f − s_y‖² / D, batch mean:\neach feature to its class's s\n(s fixed)", _LOSS, width=0.2)
     _arrow(ax, (x4, _TOP - _H / 2), (x4, _MID + _H / 2), colour=red)
     _arrow(ax, (x4 - 0.08, _MID), (ema_x + 0.1, _MID), colour=red)
     ax.text((x4 - 0.08 + ema_x + 0.1) / 2, _MID + 0.03, "when it passes", fontsize=9,

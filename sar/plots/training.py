@@ -55,7 +55,7 @@ def plot_training_curves(
         x: column for the horizontal axis (the index if absent from ``history``); integer
             values (steps, epochs) get integer ticks.
         ax: Axes to draw on.
-        smooth: window (rows) of a trailing rolling mean, one for all columns or
+        smooth: window (logged rows) of a trailing mean, one for all columns or
             ``{column: window}`` (columns left out are not smoothed, e.g. to keep the pull's
             step at the gate opening sharp); ``0``/``1`` plot the raw values. The raw curve
             stays visible underneath, faded. 0/1 columns such as a gate flag are never
@@ -98,7 +98,7 @@ def plot_training_curves(
         elif window > 1:
             target.plot(data["_x"], y, alpha=0.25, linewidth=1, color=colour)
             target.plot(data["_x"], y.rolling(window, min_periods=1).mean(), color=colour,
-                        label=f"{label} (rolling mean, {window} rows)")
+                        label=f"{label} (trailing mean over {window} logged steps)")
         else:
             target.plot(data["_x"], y, label=label, color=colour)
     if logy:
