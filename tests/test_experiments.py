@@ -138,6 +138,10 @@ def test_paired_gap_table_against_a_reference_setting():
     named = paired_gap_table(df, "setting", "default", ["acc"], label=str.upper)
     assert named.splitlines()[0] == "| setting | Δ ACC |"
     assert "| KNOB | +15.00 ± 7.07 (n=2) |" in named
+    bare = paired_gap_table(df, "setting", "default", ["acc"], counts=False)
+    assert "| knob | +15.00 ± 7.07 |" in bare and "(n=" not in bare
+    fine = paired_gap_table(df, "setting", "default", ["acc"], scale=1.0, digits=3)
+    assert "| knob | +0.150 ± 0.071 (n=2) |" in fine
 
 
 def test_ablation_loss_option_picks_the_logit_adjusted_method():

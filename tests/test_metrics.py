@@ -14,6 +14,7 @@ from sar.metrics import (
     ConfusionMeter,
     accuracy,
     center_drift,
+    class_mean_cosines,
     class_means,
     confusion_matrix,
     geometry_drift,
@@ -197,6 +198,29 @@ def _clusters(num_classes: int, per_class: int, dim: int, noise: float, seed: in
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     feats = centres[labels] + noise * torch.randn(len(labels), dim, generator=g)
     return feats.double(), labels
+
+
+def test_class_mean_cosines_of_a_shifted_simplex_and_against_numpy():
+    """Centred on their average, the vertices of a simplex meet at cosine -1 / (C - 1),
+    wherever the simplex sits; random features match a numpy loop; absent classes are NaN."""
+    vertices = torch.eye(4) * 3.0 + 5.0  # a 4-class simplex, shifted off the origin
+    labels = torch.arange(4).repeat_interleave(5)
+    noise = 0.1 * torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    noise -= noise.view(4, 5, 4).mean(1).repeat_interleave(5, 0)  # class means stay exact
+    cos = class_mean_cosines(vertices[labels] + noise, labels, 4)
+    expected = torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0)
+    torch.testing.assert_close(cos, expected)
+
+    rng = np.random.default_rng(1)
+    feats, labs = rng.normal(size=(60, 5)), rng.integers(0, 3, 60)
+    means = np.stack([feats[labs == c].mean(0) for c in range(3)])
+    centred = means - means.mean(0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(class_mean_cosines(feats, labs, 3).numpy(), unit @ unit.T)
+
+    absent = class_mean_cosines(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 3, 3]), 4)
+    assert torch.isnan(absent[2]).all() and torch.isnan(absent[:, 2]).all()
+    assert not torch.isnan(absent[[0, 1, 3]][:, [0, 1, 3]]).any()
 
 
 def test_class_means_hand_computed_nan_for_absent():

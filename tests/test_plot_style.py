@@ -136,6 +136,7 @@ def test_ablation_figure_pairs_each_setting_with_default_sar_and_keeps_loss_chan
                                    atol=1e-9)  # paired by seed: the seed's offset cancels
         assert to_rgb(dots.get_facecolor()[0][:3]) == to_rgb(plots.METHOD_COLORS["sar"])
         assert any(abs(line.get_ydata()[0]) < 1e-12 for line in ax.get_lines())  # zero line
+    assert all(ax.get_legend() is None for ax in fig.axes)  # every marker is SAR's
     assert halves.get_ylim() == gate.get_ylim()  # the knobs share a scale
     assert loss.get_ylim()[1] > 5 > halves.get_ylim()[1]  # the loss change has its own
 

@@ -84,10 +84,13 @@ def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
 
 def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
                      columns: str | None = None, scale: float = 100.0,
-                     label: Callable[[str], str] = str) -> str:
+                     label: Callable[[str], str] = str, counts: bool = True,
+                     digits: int = 2) -> str:
     """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric,
     computed separately within each level of ``columns`` when given (e.g. per setting).
-    ``label`` writes the row and metric names (e.g. :func:`sar.plots.pretty_label`)."""
+    ``label`` writes the row and metric names (e.g. :func:`sar.plots.pretty_label`);
+    ``counts=False`` leaves out each cell's "(n=…)", for a table that states the seeds once;
+    ``digits``: decimals of the mean and the std."""
     groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
     header = [f"Δ {label(m)}" if level is None else (str(level) if len(metrics) == 1
                                                      else f"{level} Δ {label(m)}")
@@ -100,8 +103,9 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
         for _, part in groups:
             for metric in metrics:
                 mean, std, n = paired_gap(part, metric, row, reference, by)
-                spread = f" ± {std * scale:.2f}" if n > 1 else ""
-                cells.append(f"{mean * scale:+.2f}{spread} (n={n})" if n else "–")
+                spread = f" ± {std * scale:.{digits}f}" if n > 1 else ""
+                count = f" (n={n})" if counts else ""
+                cells.append(f"{mean * scale:+.{digits}f}{spread}{count}" if n else "–")
         lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -191,7 +195,7 @@ def plot_ablation(df: pd.DataFrame) -> Any:
                 long[long["ablation"].isin(members)], metric, "default SAR", "ablation",
                 hue="change", ax=ax, xlabel="the setting changed (one at a time)",
                 ylabel="points vs default SAR", tick_width=10,
-                legend="best" if r == 0 and c == 0 else None,
+                legend=None,  # every marker is SAR's: a one-entry legend reads as a point
                 title=f"{title}\n{plots.pretty_label(metric)}, IF {factor:g}")
     fig.tight_layout()
     return fig

@@ -13,6 +13,7 @@ Three families, all taking torch tensors (numpy arrays are converted):
   frequent classes.
 * **Representation geometry** - how tightly features cluster around their class mean or
   anchor (:func:`representation_metrics`, including neural-collapse NC1;
+  :func:`class_mean_cosines`, how close two classes' centred means lie;
   :func:`target_distance_ratio` per class, scale-free) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
 
@@ -24,6 +25,7 @@ from .geometry import (
     FeatureSnapshot,
     RepresentationTracker,
     center_drift,
+    class_mean_cosines,
     class_means,
     geometry_drift,
     model_anchors,
@@ -50,6 +52,7 @@ __all__ = [
     "RepresentationTracker",
     "accuracy",
     "center_drift",
+    "class_mean_cosines",
     "class_means",
     "classifier_weights",
     "confusion_matrix",

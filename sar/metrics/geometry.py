@@ -53,6 +53,24 @@ def class_means(features: ArrayLike, labels: ArrayLike, num_classes: int) -> tor
     return _class_means64(feats, labels, num_classes).to(dtype)
 
 
+def class_mean_cosines(features: ArrayLike, labels: ArrayLike, num_classes: int) -> torch.Tensor:
+    """Cosine between every two class means, each centred on the average of the class means
+    (the view of neural collapse's NC2): +1 for two classes whose means point the same way from
+    the centre, ``-1 / (C - 1)`` between the vertices of a simplex.
+
+    Args:
+        features: ``(N, D)`` float features.
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        num_classes: ``C``.
+
+    Returns:
+        ``(C, C)`` float64 cosines (ones on the diagonal); rows and columns of classes
+        without samples are NaN.
+    """
+    feats, labels = _features_and_labels(features, labels, num_classes)
+    return _pairwise_cosine(_centred(_class_means64(feats, labels, num_classes)))
+
+
 def _mean_squared_spacing(points: torch.Tensor) -> torch.Tensor:
     """Mean over unordered pairs of rows of ``‖p_a − p_b‖²`` (a 0-d tensor; needs 2+ rows)."""
     pairs = torch.triu_indices(len(points), len(points), offset=1, device=points.device)

@@ -52,8 +52,10 @@ MAX_LEGEND_CLASSES = 20  # beyond this a per-class legend hides the plot
 Colour = tuple[float, float, float]
 _TAB20: list[Colour] = [tuple(c) for c in plt.get_cmap("tab20").colors]
 
-# one colour per method of sar.methods and of the experiments' grids; variants of a method
-# take the light partner of its colour
+# one colour per method of sar.methods and of the experiments' grids; a tuned or reduced
+# variant of a method takes the light partner of its colour, except the τ variants of logit
+# adjustment, which share panels with their base method and take darker shades of its hue
+# (light ones left their dots too faint to tell apart)
 METHOD_COLORS: dict[str, Colour] = {
     "ce": _TAB20[14],  # grey: the plain baseline
     "sar": _TAB20[6],  # red
@@ -66,9 +68,9 @@ METHOD_COLORS: dict[str, Colour] = {
     "etf": _TAB20[5],  # light green
     "sar_anchor_ce_only": _TAB20[12],  # pink
     "sar_class_pull": _TAB20[10],  # brown
-    "logit_adjusted_tau0.5": _TAB20[1],  # light blue
-    "logit_adjusted_tau0.25": _TAB20[19],  # light cyan
-    "sar_logit_adjusted_tau0.5": _TAB20[9],  # light purple
+    "logit_adjusted_tau0.5": to_rgb("#0b3c7d"),  # navy
+    "logit_adjusted_tau0.25": to_rgb("#0f8b8d"),  # dark teal
+    "sar_logit_adjusted_tau0.5": to_rgb("#4a1f6e"),  # dark violet
 }
 
 # how a method is written in legends and tick labels
