@@ -206,6 +206,20 @@ def test_cached_scene_runs_in_workers_equal_one_thread_runs_here(tmp_path, monke
         p.name for p in (tmp_path / "here").glob("*.pt"))  # the same cache keys
 
 
+def test_log_every_sets_the_history_rows_and_is_its_own_cache_entry(tmp_path, monkeypatch):
+    from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run
+
+    monkeypatch.setenv("SAR_CACHE", "1")
+    monkeypatch.setenv("SAR_CACHE_DIR", str(tmp_path))
+    setup = replace(SMOKE_SEGMENTATION, train_scenes=4, val_scenes=2, epochs=5)  # 5 steps
+    every = cached_scene_run("sar", "Unet", setup, 0, "cpu", progress=False, log_every=1)
+    assert every["history"]["step"].tolist() == [0, 1, 2, 3, 4]
+    default = cached_scene_run("sar", "Unet", setup, 0, "cpu", progress=False)
+    assert default["history"]["step"].tolist() == [0]  # every 20th step of 5
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert default["scores"]["mIoU"] == every["scores"]["mIoU"]  # logging changes no weight
+
+
 def test_a_cache_dict_from_another_setup_is_refused_not_reused(tmp_path, monkeypatch):
     from sar.experiments import SMOKE_SEGMENTATION, cached_scene_run, train_on_scenes
 

@@ -25,6 +25,8 @@ from ..train import evaluate, fit, gate_opened_step
 from .grids import ClassificationSetup, Run, SegmentationSetup
 from .store import git_commit
 
+LOG_EVERY = 20  # optimiser steps between a scene run's logged rows
+
 
 # ------------------------------------------------------------------------- classification
 @dataclass
@@ -249,8 +251,8 @@ def build_scene_model(method: str, arch: str, setup: SegmentationSetup,
 
 def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
                     device: torch.device | str, cache: dict[str, Any] | None = None, *,
-                    progress: bool = False, options: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    progress: bool = False, options: dict[str, Any] | None = None,
+                    log_every: int = LOG_EVERY) -> dict[str, Any]:
     """Train ``method`` (a :mod:`sar.methods` name) on ``arch`` with the scenes and schedule of
     ``setup``, from seed ``seed``; score it on the validation scenes. What a grid cell runs,
     for a notebook that wants the model too.
@@ -258,7 +260,8 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
     ``cache`` keeps the scenes and the encoder record between calls on the same scenes (a
     fresh dict if None; a dict may come with ``"scenes"`` already made by :func:`load_scenes`
     for this setup). ``options`` go to the method's regulariser (e.g.
-    ``{"update_conf": 0.5}`` for SAR).
+    ``{"update_conf": 0.5}`` for SAR). ``log_every``: optimiser steps between logged rows of
+    the history (1 logs every step, e.g. to see when the gate first opens).
 
     Returns:
         ``{"model", "history", "scores", "encoder"}``: the trained wrapped model (eval mode),
@@ -278,7 +281,7 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
     loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True, generator=generator)
     history = fit(model, loader, epochs=setup.epochs, max_steps=setup.max_steps, lr=setup.lr,
                   schedule="poly", criterion=criterion, device=device, progress=progress,
-                  log_every=20)
+                  log_every=log_every)
     scores = evaluate(model, DataLoader(val, batch_size=32), num_classes=train.num_classes,
                       task="segmentation", device=device)
     return {"model": model.eval(), "history": history, "scores": scores,
@@ -288,12 +291,14 @@ def train_on_scenes(method: str, arch: str, setup: SegmentationSetup, seed: int,
 def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int,
                      device: torch.device | str, cache: dict[str, Any] | None = None, *,
                      progress: bool = True, options: dict[str, Any] | None = None,
-                     name: str = "scene_run", verbose: bool = True) -> dict[str, Any]:
+                     name: str = "scene_run", verbose: bool = True,
+                     log_every: int = LOG_EVERY) -> dict[str, Any]:
     """:func:`train_on_scenes` through :func:`sar.cache.cached`: loaded when the same run
     (method, architecture, the setup's :meth:`~SegmentationSetup.run_fields`, seed, options,
     encoder checksum, device type) was saved before, trained and saved otherwise: a method
     added to the grid does not retrain the runs already cached. ``SAR_CACHE=0`` retrains.
-    ``verbose=False`` drops the cache's "loaded from" line.
+    ``verbose=False`` drops the cache's "loaded from" line; ``log_every`` as for
+    :func:`train_on_scenes`.
 
     Returns:
         As :func:`train_on_scenes`, the model rebuilt from the saved state on ``device``.
@@ -302,14 +307,15 @@ def cached_scene_run(method: str, arch: str, setup: SegmentationSetup, seed: int
         FileNotFoundError, ValueError: as :func:`train_on_scenes`.
     """
     return cached_scene_runs([(method, options)], arch, setup, seed, device, cache,
-                             processes=1, progress=progress, name=name, verbose=verbose)[0]
+                             processes=1, progress=progress, name=name, verbose=verbose,
+                             log_every=log_every)[0]
 
 
 def cached_scene_runs(requests: Sequence[tuple[str, dict[str, Any] | None]], arch: str,
                       setup: SegmentationSetup, seed: int, device: torch.device | str,
                       cache: dict[str, Any] | None = None, *, processes: int = 2,
-                      progress: bool = True, name: str = "scene_run", verbose: bool = True
-                      ) -> list[dict[str, Any]]:
+                      progress: bool = True, name: str = "scene_run", verbose: bool = True,
+                      log_every: int = LOG_EVERY) -> list[dict[str, Any]]:
     """:func:`cached_scene_run` for each ``(method, options)`` of ``requests``, the cache
     misses trained ``processes`` at a time in one-thread worker processes
     (:func:`sar.cache.cached_in_processes`) when ``device`` is the CPU; on a GPU they train
@@ -329,9 +335,11 @@ def cached_scene_runs(requests: Sequence[tuple[str, dict[str, Any] | None]], arc
         config = {"method": method, "arch": arch, "setup": setup.run_fields(), "seed": seed,
                   "options": options or {}, "encoder_sha256": cache["encoder"]["encoder_sha256"],
                   "device": device.type}
+        if log_every != LOG_EVERY:  # so runs logged at the default keep their cache keys
+            config["log_every"] = log_every
         here = device.type != "cpu" or processes == 1  # a worker rebuilds its own scenes
         train = partial(_train_scene_state, method, arch, setup, seed, device.type, options,
-                        cache if here else None, progress and here)
+                        cache if here else None, progress and here, log_every)
         jobs.append((f"{name}_{method}_{arch}_seed{seed}", config, train))
     stored = cached_in_processes(jobs, processes=processes if device.type == "cpu" else 1,
                                  progress=progress, desc="scene runs", verbose=verbose)
@@ -345,11 +353,12 @@ def cached_scene_runs(requests: Sequence[tuple[str, dict[str, Any] | None]], arc
 
 def _train_scene_state(method: str, arch: str, setup: SegmentationSetup, seed: int,
                        device: str, options: dict[str, Any] | None,
-                       cache: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+                       cache: dict[str, Any] | None, progress: bool, log_every: int
+                       ) -> dict[str, Any]:
     """:func:`train_on_scenes` with the model as a CPU state dict (what the cache stores);
     module-level, so it pickles into a worker process."""
     out = train_on_scenes(method, arch, setup, seed, device, cache, progress=progress,
-                          options=options)
+                          options=options, log_every=log_every)
     return {**out, "model": out["model"].cpu().state_dict()}
 
 
