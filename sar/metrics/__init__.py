@@ -30,11 +30,7 @@ from .geometry import (
     class_means,
     geometry_drift,
     model_anchors,
-    pull_shares,
     representation_metrics,
-    target_distance_ratio,
-    target_distance_split,
-    target_distances,
 )
 from .scores import (
     ConfusionMeter,
@@ -47,6 +43,7 @@ from .scores import (
     segmentation_summary,
     shot_accuracy,
 )
+from .targets import pull_shares, target_distance_ratio, target_distance_split, target_distances
 
 __all__ = [
     "ConfusionMeter",
