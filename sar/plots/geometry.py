@@ -284,12 +284,13 @@ def plot_target_distances(
 def _square_limits(points: np.ndarray, must_show: np.ndarray | None,
                    coverage: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """Square x and y limits holding the central ``coverage`` of ``points`` and every row of
-    ``must_show``, with a 5 % margin, so that one unit is as long on both axes."""
+    ``must_show``, with a 12 % margin (a star drawn at the edge stays whole), so that one unit
+    is as long on both axes."""
     tail = 50 * (1 - coverage)
     lo, hi = np.percentile(points, tail, axis=0), np.percentile(points, 100 - tail, axis=0)
     if must_show is not None and len(must_show):
         lo, hi = np.minimum(lo, must_show.min(0)), np.maximum(hi, must_show.max(0))
-    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6) * 1.05
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6) * 1.12
     return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
 
 
@@ -298,7 +299,7 @@ def _feature_view(features: ArrayLike, targets: ArrayLike | None = None,
                   coverage: float = 0.99) -> tuple[tuple[float, float], tuple[float, float]]:
     """The square view ``((x0, x1), (y0, y1))`` that :func:`plot_features_2d` computes for
     these features and targets: every target and the central ``coverage`` of the (seeded
-    subsample of the) features on each axis, with a 5 % margin."""
+    subsample of the) features on each axis, with a 12 % margin."""
     xy = _numpy(features).astype(np.float64)
     stars = None if targets is None else _numpy(targets).astype(np.float64)
     return _square_limits(xy[_subsample(len(xy), max_points, seed)], stars, coverage)
@@ -332,7 +333,8 @@ def plot_features_2d(
 
     Both axes have the same scale, so distances read true. The square view holds every target
     and the central ``coverage`` of the features on each axis; the number of features outside
-    it (if any) is written in the lower left corner, so nothing leaves the picture unsaid.
+    it (if any) is added to the title, so nothing leaves the picture unsaid and no note covers
+    a star.
 
     Args:
         features: ``(N, 2)``; labels: ``(N,)`` integer classes; targets: ``(C, 2)`` or None.
@@ -370,11 +372,12 @@ def plot_features_2d(
                     markeredgecolor=_edge_for(palette[c]), markeredgewidth=1.0, zorder=3)
     outside = ((xy[keep, 0] < xlim[0]) | (xy[keep, 0] > xlim[1]) | (xy[keep, 1] < ylim[0])
                | (xy[keep, 1] > ylim[1])).sum()
+    title = title or f"{len(keep)} features"
     if outside:
-        ax.text(0.02, 0.02, f"{outside} of {len(keep)} points outside the view",
-                transform=ax.transAxes, fontsize=7, color="0.3")
+        title += f"\n({outside} of {len(keep)} points outside the view)"
     ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="feature 1 (feature units)",
-           ylabel="feature 2 (feature units)", title=title or f"{len(keep)} features")
+           ylabel="feature 2 (feature units)")
+    ax.set_title(title, fontsize=9 if outside else None)
     if legend:
         _embedding_legend(ax, n_classes=len(np.unique(labs[keep])),
                           anchors=target_label if stars is not None else None)
