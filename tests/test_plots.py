@@ -175,6 +175,16 @@ def test_per_class_count_axis_says_log_only_when_it_is_log(counts, log):
     plt.close("all")
 
 
+def test_per_class_log_values_and_the_count_axis_label():
+    ax = plot_per_class(np.array([0.5, 50.0, 5.0]), np.array([5, 100, 20]), log_values=True,
+                        counts_label="training pixels per class")
+    twin = [other for other in ax.figure.axes if other is not ax][0]
+    assert ax.get_yscale() == "log"
+    assert twin.get_ylabel() == "training pixels per class (log scale)"
+    assert plot_per_class(np.array([0.1, 0.2]), np.array([1, 2])).get_yscale() == "linear"
+    plt.close("all")
+
+
 def test_per_class_grouped_bars_for_several_methods():
     counts = torch.tensor([3, 30, 10])
     methods = {"CE": torch.tensor([0.2, 0.8, 0.5]), "SAR": torch.tensor([0.3, 0.7, 0.6])}

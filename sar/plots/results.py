@@ -35,6 +35,8 @@ def plot_per_class(
     label: str | None = None,
     title: str = "Per-class results, head → tail",
     log_counts: bool = True,
+    log_values: bool = False,
+    counts_label: str = "training samples per class",
 ) -> Axes:
     """Bars per class ordered by training count (descending), counts as a line on a twin axis.
 
@@ -48,6 +50,9 @@ def plot_per_class(
         label: legend name of a single ``values`` array.
         title: Axes title.
         log_counts: logarithmic count axis (long-tailed counts span decades).
+        log_values: logarithmic bar axis (shares that span decades, e.g. pixel shares).
+        counts_label: what the counts are, for the count axis's label (e.g. "training pixels
+            per class"); " (log scale)" is appended when that axis is logarithmic.
     """
     series = dict(values) if isinstance(values, Mapping) else {label or "value": values}
     n = _numpy(counts).astype(float)
@@ -69,6 +74,9 @@ def plot_per_class(
             color=colours[i],
         )
     ax.set(ylabel=ylabel, xlim=(-0.6, len(n) - 0.4))
+    if log_values:
+        ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
     ax.set_title(title, pad=24)  # room for the legend row
     if len(n) <= 30:
         # ten names like "Ankle boot" and "T-shirt/top" collide when level
@@ -78,15 +86,15 @@ def plot_per_class(
         ax.set_xlabel("class (sorted by training count, head → tail)")
     else:
         ax.set_xlabel("class rank by training count (head → tail)")
-    _count_axis(ax, pos, n[order], log_counts)
+    _count_axis(ax, pos, n[order], log_counts, counts_label)
     return ax
 
 
-def _count_axis(ax: Axes, pos: np.ndarray, counts: np.ndarray, log: bool) -> None:
+def _count_axis(ax: Axes, pos: np.ndarray, counts: np.ndarray, log: bool, label: str) -> None:
     twin = ax.twinx()
     twin.plot(pos, counts, color="0.2", marker=".", linewidth=1.2, label="training count")
     log = log and bool((counts > 0).all())  # a zero count has no place on a log axis
-    twin.set_ylabel("training samples per class" + (" (log scale)" if log else ""))
+    twin.set_ylabel(label + (" (log scale)" if log else ""))
     if log:
         twin.set_yscale("log")
         readable_log_axis(twin.yaxis)
