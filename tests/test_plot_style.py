@@ -138,6 +138,9 @@ def test_ablation_figure_pairs_each_setting_with_default_sar_and_keeps_loss_chan
         assert any(abs(line.get_ydata()[0]) < 1e-12 for line in ax.get_lines())  # zero line
     assert all(ax.get_legend() is None for ax in fig.axes)  # every marker is SAR's
     assert halves.get_ylim() == gate.get_ylim()  # the knobs share a scale
+    assert not halves.patches  # no noise band unless one is given
+    banded = report.plot_ablation(ablation, noise_band={"accuracy": 0.3})
+    assert len(banded.axes[0].patches) == 1 and not banded.axes[1].patches  # overall only
     assert loss.get_ylim()[1] > 5 > halves.get_ylim()[1]  # the loss change has its own
 
 

@@ -529,6 +529,18 @@ def test_paired_gap_plot_draws_every_seed_the_mean_and_std_and_the_zero_line():
     plt.close("all")
 
 
+def test_paired_gap_plot_shades_the_noise_band_around_zero_only_when_asked():
+    plain = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor")
+    assert not plain.patches
+    ax = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", noise_band=0.24)
+    (band,) = ax.patches
+    assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx((-0.24, 0.24))
+    assert ax.get_legend().get_texts()[0].get_text() == "noise band (± 0.24)"
+    with pytest.raises(ValueError, match="noise_band"):
+        plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", noise_band=-1.0)
+    plt.close("all")
+
+
 def test_paired_gap_plot_refuses_more_than_five_methods_per_panel():
     runs = _paired_runs()
     extra = pd.concat([runs[runs["method"] == "sar"].assign(method=f"variant {k}")

@@ -149,7 +149,7 @@ ABLATION_GROUPS: dict[str, tuple[str, ...]] = {
 OWN_SCALE_GROUPS = ("not a SAR knob, own scale: the logit-adjusted loss",)
 
 
-def plot_ablation(df: pd.DataFrame) -> Any:
+def plot_ablation(df: pd.DataFrame, noise_band: dict[str, float] | None = None) -> Any:
     """Figure: each ablation minus the default SAR of the same seed, overall (left) and
     few-shot (right), one row per theme of :data:`ABLATION_GROUPS`: a dot per seed, the mean
     ± std and the zero line (:func:`sar.plots.plot_paired_gaps`, in SAR's colour).
@@ -161,6 +161,8 @@ def plot_ablation(df: pd.DataFrame) -> Any:
     Args:
         df: the ablation rows (columns ``setting``, ``seed``, ``accuracy``, ``few_accuracy``,
             ``imbalance_factor``), the reference setting named ``"default"``.
+        noise_band: per metric (``"accuracy"``, ``"few_accuracy"``), the half-width in points
+            of a grey band around zero (:func:`sar.plots.plot_paired_gaps`); none if absent.
     """
     import matplotlib.pyplot as plt  # matplotlib only when plotting
 
@@ -195,6 +197,7 @@ def plot_ablation(df: pd.DataFrame) -> Any:
                 long[long["ablation"].isin(members)], metric, "default SAR", "ablation",
                 hue="change", ax=ax, xlabel="the setting changed (one at a time)",
                 ylabel="points vs default SAR", tick_width=10,
+                noise_band=(noise_band or {}).get(metric),
                 legend=None,  # every marker is SAR's: a one-entry legend reads as a point
                 title=f"{title}\n{plots.pretty_label(metric)}, IF {factor:g}")
     fig.tight_layout()

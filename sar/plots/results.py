@@ -349,6 +349,7 @@ def plot_paired_gaps(
     ylabel: str | None = None,
     legend: str | None = "best",
     tick_width: int = 14,
+    noise_band: float | None = None,
 ) -> Axes:
     """Each method's difference from ``reference`` on the same seed: a dot per seed, the mean
     with a ± std bar beside them, and the zero line, grouped by ``x``.
@@ -368,10 +369,13 @@ def plot_paired_gaps(
         legend: a matplotlib ``loc``, ``"outside"`` or ``None``.
         tick_width: characters per line of the wrapped ``x`` tick labels
             (:func:`~sar.plots.style.tick_labels`); narrower for many categories.
+        noise_band: if given, a grey band from ``-noise_band`` to ``+noise_band`` around zero
+            (in the units of the drawn gaps, i.e. after ``scale``): the noise a mean gap must
+            clear, e.g. the rerun noise of a mean of three seeds.
 
     Raises:
         ValueError: more than :data:`MAX_PAIRED_LEVELS` levels besides ``reference``, no
-            paired rows, or the errors of :func:`paired_gaps`.
+            paired rows, a negative ``noise_band``, or the errors of :func:`paired_gaps`.
     """
     gaps = paired_gaps(df, value, reference, x, hue, scale)
     levels = list(dict.fromkeys(gaps[hue]))
@@ -384,6 +388,11 @@ def plot_paired_gaps(
     if pd.api.types.is_numeric_dtype(gaps[x]):
         categories = sorted(categories)
     ax = _axes(ax)
+    if noise_band is not None:
+        if noise_band < 0:
+            raise ValueError(f"noise_band must be >= 0, got {noise_band}")
+        ax.axhspan(-noise_band, noise_band, color="0.85", alpha=0.7, linewidth=0, zorder=1,
+                   label=f"noise band (± {noise_band:.2f})")
     width = 0.8 / len(levels)
     for j, (level, colour) in enumerate(zip(levels, level_colors(levels), strict=True)):
         rows, labelled = gaps[gaps[hue] == level], False
