@@ -536,6 +536,9 @@ def test_paired_gap_plot_shades_the_noise_band_around_zero_only_when_asked():
     (band,) = ax.patches
     assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx((-0.24, 0.24))
     assert ax.get_legend().get_texts()[0].get_text() == "noise band (± 0.24)"
+    named = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", noise_band=0.24,
+                             band_label="drift")
+    assert named.get_legend().get_texts()[0].get_text() == "drift (± 0.24)"
     with pytest.raises(ValueError, match="noise_band"):
         plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", noise_band=-1.0)
     plt.close("all")

@@ -350,6 +350,7 @@ def plot_paired_gaps(
     legend: str | None = "best",
     tick_width: int = 14,
     noise_band: float | None = None,
+    band_label: str = "noise band",
 ) -> Axes:
     """Each method's difference from ``reference`` on the same seed: a dot per seed, the mean
     with a ± std bar beside them, and the zero line, grouped by ``x``.
@@ -372,6 +373,7 @@ def plot_paired_gaps(
         noise_band: if given, a grey band from ``-noise_band`` to ``+noise_band`` around zero
             (in the units of the drawn gaps, i.e. after ``scale``): the noise a mean gap must
             clear, e.g. the rerun noise of a mean of three seeds.
+        band_label: the band's legend entry, followed by its half-width.
 
     Raises:
         ValueError: more than :data:`MAX_PAIRED_LEVELS` levels besides ``reference``, no
@@ -392,7 +394,7 @@ def plot_paired_gaps(
         if noise_band < 0:
             raise ValueError(f"noise_band must be >= 0, got {noise_band}")
         ax.axhspan(-noise_band, noise_band, color="0.85", alpha=0.7, linewidth=0, zorder=1,
-                   label=f"noise band (± {noise_band:.2f})")
+                   label=f"{band_label} (± {noise_band:.2f})")
     width = 0.8 / len(levels)
     for j, (level, colour) in enumerate(zip(levels, level_colors(levels), strict=True)):
         rows, labelled = gaps[gaps[hue] == level], False
