@@ -580,3 +580,19 @@ def test_pull_shares_match_a_loop_over_points_and_the_regularizers_pull():
     assert on_target["per_pixel_pull"].eq(0).all() and on_target["per_class_pull"].eq(0).all()
     with pytest.raises(ValueError, match="targets have D=2"):
         pull_shares(feats, labels, targets[:, :2])
+
+
+def test_target_distance_split_in_class_mean_units_makes_the_scatter_the_tightness():
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(300, 4, generator=gen)
+    labels = torch.arange(300) % 3
+    targets = 5 * torch.randn(3, 4, generator=gen)
+    by_targets = target_distance_split(features, labels, targets)
+    by_means = target_distance_split(features, labels, targets, spacing="class_means")
+    assert by_means["scatter"] == pytest.approx(by_means["tightness"])
+    assert by_means["total"] == pytest.approx(by_means["scatter"] + by_means["offset"])
+    ratio = by_means["total"] / by_targets["total"]  # one change of unit for all three parts
+    assert by_means["offset"] / by_targets["offset"] == pytest.approx(ratio)
+    assert ratio != pytest.approx(1.0)
+    with pytest.raises(ValueError, match="spacing must be"):
+        target_distance_split(features, labels, targets, spacing="pixels")

@@ -75,7 +75,7 @@ def target_distance_ratio(
 
 
 def target_distance_split(
-    features: ArrayLike, labels: ArrayLike, targets: ArrayLike
+    features: ArrayLike, labels: ArrayLike, targets: ArrayLike, spacing: str = "targets"
 ) -> dict[str, float]:
     """The distance to the targets, split into the clusters' scatter and their offset.
 
@@ -87,9 +87,13 @@ def target_distance_split(
 
     Args:
         features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)``.
+        spacing: the unit of ``total``, ``scatter`` and ``offset``: ``"targets"`` (the
+            targets' spacing, as below) or ``"class_means"`` (the spacing of the run's own
+            class means, so that ``scatter`` equals ``tightness`` and splits compare across
+            runs pulled toward different targets).
 
     Returns:
-        Floats, all over the targets' mean squared pairwise spacing (as
+        Floats, all (``spacing="targets"``) over the targets' mean squared pairwise spacing (as
         :func:`target_distance_ratio`): ``total`` (mean over samples of ``‖f_i − t_y‖²``, the
         class-weighted mean of :func:`target_distance_ratio`), ``scatter`` (of
         ``‖f_i − μ_y‖²``) and ``offset`` (of ``‖μ_y − t_y‖²``), ``total = scatter + offset``;
@@ -98,17 +102,23 @@ def target_distance_split(
         runs whatever they are pulled toward.
 
     Raises:
-        ValueError: as :func:`target_distance_ratio`.
+        ValueError: as :func:`target_distance_ratio`; ``spacing`` not one of the two units.
     """
+    if spacing not in ("targets", "class_means"):
+        raise ValueError(f'spacing must be "targets" or "class_means", got {spacing!r}')
+    unit = spacing
     feats, labels, target, spacing = _targets_and_spacing(features, labels, targets)
     means = _class_means64(feats, labels, target.shape[0])
     present = torch.bincount(labels, minlength=target.shape[0]) > 0
     scatter = (feats - means[labels]).square().sum(dim=1).mean()
     offset = (means[labels] - target[labels]).square().sum(dim=1).mean()
     total = (feats - target[labels]).square().sum(dim=1).mean()
+    means_spacing = _mean_squared_spacing(means[present])
+    if unit == "class_means":
+        spacing = means_spacing
     return {"total": (total / spacing).item(), "scatter": (scatter / spacing).item(),
             "offset": (offset / spacing).item(),
-            "tightness": (scatter / _mean_squared_spacing(means[present])).item()}
+            "tightness": (scatter / means_spacing).item()}
 
 
 def target_distances(
