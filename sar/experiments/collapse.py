@@ -4,7 +4,10 @@ Notebook 02 trains each method several times from identical initial weights and 
 the held-out features after every epoch with :class:`~sar.metrics.RepresentationTracker`, and
 compares them with plain cross-entropy. :func:`build_run`, :func:`train_tracked` and
 :func:`restore_run` are that recipe; :func:`accuracy_cost` turns the finished runs into the
-paired accuracy difference from the control.
+paired accuracy difference from the control, :func:`cost_table` prints it, and
+:func:`scatter_offset_rows` with :func:`tightness_table` tell clusters that got tighter from
+clusters that only moved. :func:`match_weight_norms` tests why a strong pull slows a BatchNorm
+network down: it undoes the weight growth without changing the network's function.
 
 To *see* the features, as Wen et al. drew them for center loss (ECCV 2016: a LeNet whose feature
 entering the classifier is 2-D), the feature must be 2-D, and two of SAR's building blocks do not
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import methods
 from ..config import seed_everything
-from ..metrics import RepresentationTracker
+from ..metrics import RepresentationTracker, target_distance_split
 from ..models import RegularizedModel, SmallCNN
 from ..regularizer import PROJECTOR_INITS
 from ..train import fit
@@ -195,3 +198,123 @@ def accuracy_cost(final: pd.DataFrame, reference: str, metric: str = "accuracy",
                        "diff_mean": diff.mean(), "diff_std": diff.std(),
                        "per_seed": tuple(diff.round(6))}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+Panels = Mapping[RunKey, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def cost_table(final: pd.DataFrame, reference: str = "CE",
+               distance: str = "target_ratio") -> pd.DataFrame:
+    """The cost of each run against ``reference``, ready to print: test accuracy (mean ± std
+    over seeds), its paired difference from ``reference`` in percentage points (mean ± std of
+    the per-seed differences, and each seed's), and the distance to the run's own targets.
+
+    Args:
+        final: one row per (run, seed) with columns ``run``, ``seed``, ``accuracy`` (a
+            fraction) and ``distance``, e.g. the last epoch of :func:`epoch_table`.
+
+    Returns:
+        One row of strings per run, ``reference`` included, in order of appearance.
+
+    Raises:
+        KeyError: as :func:`accuracy_cost`.
+    """
+    cost = accuracy_cost(final, reference)
+    spread = final.groupby("run", sort=False)[distance].agg(["mean", "std"])
+    return pd.DataFrame({
+        "test accuracy": [f"{m:.3f} ± {s:.3f}" for m, s in zip(cost["mean"], cost["std"],
+                                                                 strict=True)],
+        f"minus {reference} (points)": [f"{100 * m:+.1f} ± {100 * s:.1f}" for m, s in
+                                        zip(cost.diff_mean, cost.diff_std, strict=True)],
+        "per seed": [", ".join(f"{100 * d:+.1f}" for d in seeds) for seeds in cost.per_seed],
+        "distance to own target": [f"{m:.3f} ± {s:.3f}" for m, s in
+                                   spread.loc[cost.index].to_numpy()],
+    }, index=cost.index)
+
+
+def scatter_offset_rows(panels: Panels) -> pd.DataFrame:
+    """:func:`~sar.metrics.target_distance_split` of every run, in its own class-mean units.
+
+    In the spacing of the run's own class means the scatter is the run's tightness, which
+    needs no targets, so runs pulled toward different targets (anchors, prototypes, their own
+    class means) compare.
+
+    Args:
+        panels: ``{(run, seed): (features (N, D), labels (N,), targets (C, D) or None)}``;
+            runs without targets yet (``None``) are left out.
+
+    Returns:
+        Columns ``run``, ``seed``, ``total``, ``scatter``, ``offset``, ``tightness``
+        (``total = scatter + offset``; ``scatter == tightness``).
+    """
+    return pd.DataFrame([
+        {"run": run, "seed": seed,
+         **target_distance_split(features, labels, targets, spacing="class_means")}
+        for (run, seed), (features, labels, targets) in panels.items() if targets is not None])
+
+
+def tightness_table(rows: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
+    """Tightness of every run (mean ± std over seeds), its paired difference from
+    ``reference`` (mean ± std, and per seed) and the split ``total = scatter + offset``.
+
+    Args:
+        rows: :func:`scatter_offset_rows`.
+
+    Returns:
+        One row of strings per run, in order of appearance.
+
+    Raises:
+        KeyError: ``reference`` is not a run of ``rows``.
+    """
+    tight = accuracy_cost(rows, reference, metric="tightness")
+    mean = rows.groupby("run", sort=False)[["total", "scatter", "offset"]].mean()
+    return pd.DataFrame({
+        "tightness": [f"{m:.3f} ± {s:.3f}" for m, s in zip(tight["mean"], tight["std"],
+                                                             strict=True)],
+        f"minus {reference}": [f"{m:+.3f} ± {s:.3f}" for m, s in
+                               zip(tight.diff_mean, tight.diff_std, strict=True)],
+        "per seed": [", ".join(f"{d:+.3f}" for d in seeds) for seeds in tight.per_seed],
+        "distance = scatter + offset": [f"{t:.3f} = {s:.3f} + {o:.3f}" for t, s, o in
+                                        mean.loc[tight.index].to_numpy()],
+    }, index=tight.index)
+
+
+def match_weight_norms(net: nn.Module, reference: nn.Module) -> list[float]:
+    """Rescale, in place, every weight of ``net`` that feeds a BatchNorm to the norm of the
+    same weight in ``reference``, without changing what ``net`` computes.
+
+    A convolution or linear layer followed by BatchNorm is blind to the scale of its weight
+    in training mode (the batch statistics divide it out); in eval mode the BatchNorm's
+    running mean and variance are rescaled with it (by ``k`` and ``k²``), so the outputs stay
+    the same up to BatchNorm's ``eps``. What changes is how far an SGD step turns the weight:
+    the effective learning rate of a scale-invariant weight falls as ``1 / ‖w‖²``
+    (van Laarhoven, *L2 Regularization versus Batch and Weight Normalization*, 2017).
+
+    Args:
+        net: the network to rescale; reference: a network of the same architecture.
+
+    Returns:
+        The factor ``k`` applied to each rescaled weight, in module order.
+
+    Raises:
+        ValueError: the two networks' module structures differ, or ``net`` has no weight that
+            feeds a BatchNorm.
+    """
+    mods, refs = list(net.modules()), list(reference.modules())
+    if [type(m) for m in mods] != [type(r) for r in refs]:
+        raise ValueError("net and reference must have the same architecture")
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    factors = []
+    with torch.no_grad():
+        for layer, after, ref in zip(mods, mods[1:], refs, strict=False):
+            if isinstance(layer, nn.Conv2d | nn.Linear) and isinstance(after, norms):
+                k = (ref.weight.norm() / layer.weight.norm()).item()
+                layer.weight.mul_(k)
+                if layer.bias is not None:
+                    layer.bias.mul_(k)
+                after.running_mean.mul_(k)
+                after.running_var.mul_(k * k)
+                factors.append(k)
+    if not factors:
+        raise ValueError("net has no convolution or linear layer followed by BatchNorm")
+    return factors

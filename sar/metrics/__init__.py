@@ -15,7 +15,8 @@ Three families, all taking torch tensors (numpy arrays are converted):
   anchor (:func:`representation_metrics`, including neural-collapse NC1;
   :func:`class_mean_cosines`, how close two classes' centred means lie;
   :func:`target_distance_ratio` per class, scale-free; :func:`target_distance_split`
-  into scatter and offset) and how much class
+  into scatter and offset; :func:`nearest_target_summary`, own target against the nearest
+  other) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
 
 Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
@@ -43,7 +44,13 @@ from .scores import (
     segmentation_summary,
     shot_accuracy,
 )
-from .targets import pull_shares, target_distance_ratio, target_distance_split, target_distances
+from .targets import (
+    nearest_target_summary,
+    pull_shares,
+    target_distance_ratio,
+    target_distance_split,
+    target_distances,
+)
 
 __all__ = [
     "ConfusionMeter",
@@ -62,6 +69,7 @@ __all__ = [
     "model_anchors",
     "per_class_accuracy",
     "pixel_accuracy",
+    "nearest_target_summary",
     "pull_shares",
     "representation_metrics",
     "segmentation_summary",

@@ -193,3 +193,33 @@ def pull_shares(features: ArrayLike, labels: ArrayLike, targets: ArrayLike,
             "per_pixel_pull": summed / summed.sum().clamp(min=torch.finfo(summed.dtype).tiny),
             "per_class_pull": class_means / class_means.sum().clamp(
                 min=torch.finfo(summed.dtype).tiny)}
+
+
+def nearest_target_summary(features: ArrayLike, labels: ArrayLike, targets: ArrayLike,
+                           classes: ArrayLike | None = None) -> dict[str, float]:
+    """How the points sit between their own target and the nearest other one
+    (:func:`target_distances`), in three numbers.
+
+    Args:
+        features: ``(N, D)``; labels: ``(N,)`` in ``[0, C)``; targets: ``(C, D)``.
+        classes: class ids whose points are also counted apart (e.g. the confusable ones).
+
+    Returns:
+        ``nearer_own``: the fraction of points nearer their own target than any other (the
+        nearest-target rule gets them right); ``nearer_own_in_classes``: the same over the
+        points of ``classes`` (NaN without ``classes`` or points of them); ``sum_spread``:
+        std / mean of ``own + nearest`` over the points, small when the points lie along the
+        segments between their own target and a neighbour's.
+
+    Raises:
+        ValueError: as :func:`target_distance_ratio`.
+    """
+    own, nearest = target_distances(features, labels, targets)
+    nearer = (nearest > own).double()
+    chosen = math.nan
+    if classes is not None:
+        inside = torch.isin(_tensor(labels).to(own.device), _tensor(classes).to(own.device))
+        chosen = nearer[inside].mean().item() if inside.any() else math.nan
+    total = own + nearest
+    return {"nearer_own": nearer.mean().item(), "nearer_own_in_classes": chosen,
+            "sum_spread": (total.std() / total.mean()).item()}

@@ -6,9 +6,11 @@ notebooks, scripts and tests. Call :func:`use_style` once for the house style. A
 one colour across all plots through :func:`method_color` (:data:`METHOD_COLORS`), a class
 through :func:`class_palette`, keyed by its name (a "background" class is black everywhere),
 a logged loss term through :func:`series_colors`.
-:func:`plot_sar_pipeline` draws the whole method as one diagram.
+:func:`plot_sar_pipeline` draws the whole method as one diagram; :func:`plot_recipe_costs`
+and :func:`plot_scatter_offset` draw notebook 02's collapse runs.
 """
 
+from .collapse import plot_recipe_costs, plot_scatter_offset
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import (
     cosine_matrix,
@@ -89,7 +91,9 @@ __all__ = [
     "plot_paired_gaps",
     "plot_per_class",
     "plot_per_class_seeds",
+    "plot_recipe_costs",
     "plot_sar_pipeline",
+    "plot_scatter_offset",
     "plot_segmentation_comparison",
     "plot_segmentation_overlay",
     "plot_sweep",

@@ -1,0 +1,154 @@
+"""Notebook 02's collapse tables, figures and the BatchNorm weight-norm test, against
+hand-computed values."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import math  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sar.experiments.collapse import (  # noqa: E402
+    collapse_network,
+    cost_table,
+    match_weight_norms,
+    scatter_offset_rows,
+    tightness_table,
+)
+from sar.metrics import nearest_target_summary, target_distances  # noqa: E402
+from sar.plots import plot_recipe_costs, plot_scatter_offset  # noqa: E402
+
+COLOURS = {"CE": "C0", "A": "C1", "B": "C2"}
+
+
+def _final() -> pd.DataFrame:
+    return pd.DataFrame({
+        "run": ["CE"] * 3 + ["A"] * 3 + ["B"] * 3,
+        "seed": [0, 1, 2] * 3,
+        "accuracy": [0.80, 0.82, 0.78, 0.81, 0.80, 0.79, 0.30, 0.40, 0.35],
+        "target_ratio": [0.05, 0.06, 0.04, 0.10, 0.12, 0.08, 0.9, 1.1, 1.0],
+    })
+
+
+def test_cost_table_gives_paired_points_and_distances():
+    table = cost_table(_final())
+    assert list(table.index) == ["CE", "A", "B"]
+    # A - CE per seed: +1, -2, +1 points: mean 0, std sqrt(3)
+    assert table.loc["A", "per seed"] == "+1.0, -2.0, +1.0"
+    assert table.loc["A", "minus CE (points)"] == f"+0.0 ± {math.sqrt(3):.1f}"
+    assert table.loc["B", "distance to own target"] == "1.000 ± 0.100"
+    with pytest.raises(KeyError, match="no run named"):
+        cost_table(_final(), reference="nope")
+
+
+def _clusters(offset: float, spread: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    labels = torch.arange(300) % 3
+    features = means[labels] + spread * torch.randn(300, 2, generator=g)
+    return features, labels, means + offset
+
+
+def test_scatter_offset_rows_split_exactly_and_tightness_table_pairs_by_seed():
+    panels = {}
+    for seed in (0, 1):
+        f, y, t = _clusters(0.0, 0.3, seed)
+        panels["CE", seed] = (f, y, t)
+        f2, y2, t2 = _clusters(1.0, 0.6, seed)
+        panels["A", seed] = (f2, y2, t2)
+    panels["B", 0] = (f, y, None)  # no targets yet: left out
+    rows = scatter_offset_rows(panels)
+    assert set(rows.run) == {"CE", "A"}
+    assert np.allclose(rows.total, rows.scatter + rows.offset)
+    assert np.allclose(rows.scatter, rows.tightness)
+    a = rows[rows.run == "A"]
+    assert (a.offset > 0.05).all() and (rows[rows.run == "CE"].offset < 0.01).all()
+    table = tightness_table(rows)
+    diff = (a.set_index("seed").tightness - rows[rows.run == "CE"].set_index("seed").tightness)
+    assert table.loc["A", "minus CE"] == f"{diff.mean():+.3f} ± {diff.std():.3f}"
+    assert diff.mean() > 0  # twice the spread: looser
+
+
+def test_match_weight_norms_keeps_the_function_and_sets_the_norms():
+    torch.manual_seed(0)
+    net, reference = collapse_network(3, 1, width=4), collapse_network(3, 1, width=4)
+    x = torch.randn(16, 1, 12, 12)
+    net.train()(x)  # running statistics that are not the initial ones
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.mul_(7.0)
+        net.train()(x)  # the running statistics follow the inflated weights
+    net.eval()
+    before = net(x)
+    factors = match_weight_norms(net, reference)
+    assert len(factors) == 7  # six convolutions and the feature's linear layer
+    assert all(k < 1 for k in factors)
+    after = net(x)
+    assert torch.allclose(after, before, rtol=1e-2, atol=1e-3)  # BatchNorm's eps: not exact
+    assert torch.equal(after.argmax(1), before.argmax(1))
+    fed = [(a, b) for a, b in zip(net.modules(), reference.modules(), strict=True)
+           if isinstance(a, nn.Conv2d)]
+    assert all(torch.isclose(a.weight.norm(), b.weight.norm()) for a, b in fed)
+    assert not torch.isclose(net.fc.weight.norm(), reference.fc.weight.norm())  # no BN after
+
+
+def test_match_weight_norms_refuses_other_architectures_and_nets_without_batchnorm():
+    with pytest.raises(ValueError, match="same architecture"):
+        match_weight_norms(collapse_network(3, 1, width=4), collapse_network(3, 1, width=8,
+                                                                                linear_feature=True))
+    with pytest.raises(ValueError, match="followed by BatchNorm"):
+        match_weight_norms(nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_nearest_target_summary_matches_the_per_point_distances():
+    f, y, t = _clusters(0.5, 1.2, 0)
+    own, nearest = target_distances(f, y, t)
+    summary = nearest_target_summary(f, y, t, classes=[1])
+    assert summary["nearer_own"] == pytest.approx((nearest > own).double().mean().item())
+    assert summary["nearer_own_in_classes"] == pytest.approx(
+        (nearest > own)[y == 1].double().mean().item())
+    total = own + nearest
+    assert summary["sum_spread"] == pytest.approx((total.std() / total.mean()).item())
+    assert math.isnan(nearest_target_summary(f, y, t)["nearer_own_in_classes"])
+
+
+def test_plot_recipe_costs_draws_paired_means_and_marks_a_mean_below_the_floor():
+    fig = plot_recipe_costs(_final(), COLOURS, floor=-20)
+    left, right = fig.axes
+    assert left.get_yscale() == "log"
+    bars = [c for c in right.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1  # B (-45 points) is off the scale, drawn as a triangle
+    assert bars[0].lines[0].get_ydata()[0] == pytest.approx(0.0)  # A: +1, -2, +1
+    assert any(t.get_text() == "-45.0" for t in right.texts)
+    assert right.get_ylim()[0] == -20
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no colour"):
+        plot_recipe_costs(_final(), {"CE": "C0"})
+    with pytest.raises(ValueError, match="several rows"):
+        plot_recipe_costs(pd.concat([_final(), _final()]), COLOURS)
+
+
+def test_plot_scatter_offset_stacks_the_means_and_clips_a_wrecked_run():
+    rows = pd.DataFrame({"run": ["CE", "CE", "A", "A", "B", "B"], "seed": [0, 1] * 3,
+                         "scatter": [0.1, 0.1, 0.2, 0.2, 0.3, 0.3],
+                         "offset": [0.0, 0.0, 0.1, 0.3, 5.0, 7.0]})
+    rows["total"] = rows.scatter + rows.offset
+    ax = plot_scatter_offset(rows, COLOURS)
+    solid, hatched = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [p.get_height() for p in solid] == pytest.approx([0.1, 0.2, 0.3])
+    assert [p.get_height() for p in hatched] == pytest.approx([0.0, 0.2, 6.0])
+    assert ax.get_ylim()[1] == pytest.approx(1.3 * 0.4)
+    assert any(t.get_text() == "6.30" for t in ax.texts)
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="no rows"):
+        plot_scatter_offset(rows.iloc[:0], COLOURS)
