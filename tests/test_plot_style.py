@@ -241,6 +241,9 @@ def test_embedding_legend_can_be_left_out_or_name_the_stars() -> None:
     labels, anchors = torch.arange(20) % 2, torch.randn(2, 4)
     ax = plots.plot_embedding(features, labels, anchors, anchor_label="prototype")
     assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "prototype"
+    dot = ax.get_legend().legend_handles[0]  # a class: a readable dot, not the faint scatter
+    assert dot.get_markersize() == 6 and dot.get_alpha() is None
+    assert to_rgb(dot.get_color()) == to_rgb(ax.collections[0].get_facecolor()[0])
     assert plots.plot_embedding(features, labels, anchors, legend=False).get_legend() is None
     fig, axes = plt.subplots(1, 2)
     for panel in axes:

@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -204,6 +205,10 @@ def plot_embedding(
 
 def _embedding_legend(ax: Axes, n_classes: int, anchors: str | None) -> None:
     handles, labels = ax.get_legend_handles_labels()
+    # a class's handle as a dot of readable size and full colour, not its tiny faint scatter
+    handles = [Line2D([], [], marker="o", markersize=6, linestyle="none",
+                      color=handle.get_facecolor()[0][:3]) if isinstance(handle, PathCollection)
+               else handle for handle in handles]
     if n_classes > MAX_LEGEND_CLASSES:
         handles, labels = [], []
     if anchors:
