@@ -203,6 +203,21 @@ def accuracy_cost(final: pd.DataFrame, reference: str, metric: str = "accuracy",
 Panels = Mapping[RunKey, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
+def _paired_columns(cost: pd.DataFrame, name: str, diff_name: str, scale: float,
+                    digits: int) -> dict[str, list[str]]:
+    """:func:`accuracy_cost` as strings: ``name`` (mean ± std over seeds, 3 decimals), the
+    paired difference (× ``scale``, ``digits`` decimals) and each seed's difference."""
+    def signed(value: float) -> str:
+        return f"{scale * value:+.{digits}f}"
+
+    return {
+        name: [f"{m:.3f} ± {s:.3f}" for m, s in zip(cost["mean"], cost["std"], strict=True)],
+        diff_name: [f"{signed(m)} ± {scale * s:.{digits}f}"
+                    for m, s in zip(cost.diff_mean, cost.diff_std, strict=True)],
+        "per seed": [", ".join(signed(d) for d in seeds) for seeds in cost.per_seed],
+    }
+
+
 def cost_table(final: pd.DataFrame, reference: str = "CE",
                distance: str = "target_ratio") -> pd.DataFrame:
     """The cost of each run against ``reference``, ready to print: test accuracy (mean ± std
@@ -222,11 +237,7 @@ def cost_table(final: pd.DataFrame, reference: str = "CE",
     cost = accuracy_cost(final, reference)
     spread = final.groupby("run", sort=False)[distance].agg(["mean", "std"])
     return pd.DataFrame({
-        "test accuracy": [f"{m:.3f} ± {s:.3f}" for m, s in zip(cost["mean"], cost["std"],
-                                                                 strict=True)],
-        f"minus {reference} (points)": [f"{100 * m:+.1f} ± {100 * s:.1f}" for m, s in
-                                        zip(cost.diff_mean, cost.diff_std, strict=True)],
-        "per seed": [", ".join(f"{100 * d:+.1f}" for d in seeds) for seeds in cost.per_seed],
+        **_paired_columns(cost, "test accuracy", f"minus {reference} (points)", 100, 1),
         "distance to own target": [f"{m:.3f} ± {s:.3f}" for m, s in
                                    spread.loc[cost.index].to_numpy()],
     }, index=cost.index)
@@ -269,11 +280,7 @@ def tightness_table(rows: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
     tight = accuracy_cost(rows, reference, metric="tightness")
     mean = rows.groupby("run", sort=False)[["total", "scatter", "offset"]].mean()
     return pd.DataFrame({
-        "tightness": [f"{m:.3f} ± {s:.3f}" for m, s in zip(tight["mean"], tight["std"],
-                                                             strict=True)],
-        f"minus {reference}": [f"{m:+.3f} ± {s:.3f}" for m, s in
-                               zip(tight.diff_mean, tight.diff_std, strict=True)],
-        "per seed": [", ".join(f"{d:+.3f}" for d in seeds) for seeds in tight.per_seed],
+        **_paired_columns(tight, "tightness", f"minus {reference}", 1, 3),
         "distance = scatter + offset": [f"{t:.3f} = {s:.3f} + {o:.3f}" for t, s, o in
                                         mean.loc[tight.index].to_numpy()],
     }, index=tight.index)
