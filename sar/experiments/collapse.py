@@ -266,7 +266,9 @@ def scatter_offset_rows(panels: Panels) -> pd.DataFrame:
 
 def tightness_table(rows: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
     """Tightness of every run (mean ± std over seeds), its paired difference from
-    ``reference`` (mean ± std, and per seed) and the split ``total = scatter + offset``.
+    ``reference`` (mean ± std, and per seed) and the split ``total = scatter + offset``, all in
+    the run's own class-mean units (so ``total`` is not the distance in target units that
+    :func:`cost_table` gives).
 
     Args:
         rows: :func:`scatter_offset_rows`.
@@ -281,8 +283,8 @@ def tightness_table(rows: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
     mean = rows.groupby("run", sort=False)[["total", "scatter", "offset"]].mean()
     return pd.DataFrame({
         **_paired_columns(tight, "tightness", f"minus {reference}", 1, 3),
-        "distance = scatter + offset": [f"{t:.3f} = {s:.3f} + {o:.3f}" for t, s, o in
-                                        mean.loc[tight.index].to_numpy()],
+        "total = scatter + offset": [f"{t:.3f} = {s:.3f} + {o:.3f}" for t, s, o in
+                                     mean.loc[tight.index].to_numpy()],
     }, index=tight.index)
 
 
