@@ -596,13 +596,16 @@ def test_per_class_seed_lines_can_be_dodged_and_marked_apart():
     counts = [5, 50, 20]
     same = np.array([[1.0, 2.0, 3.0]])  # two methods with identical values: one hides the other
     ax = plot_per_class_seeds({"sar": same, "sar_anchor_ce_only": same}, counts, dodge=0.2,
-                              markers=["o", "s"])
+                              markers=["o", "s"], linestyles=["-", "--"])
     first, second = (c for c in ax.containers if isinstance(c, ErrorbarContainer))
     np.testing.assert_allclose(first.lines[0].get_xdata(), [-0.1, 0.9, 1.9])
     np.testing.assert_allclose(second.lines[0].get_xdata(), [0.1, 1.1, 2.1])
     assert (first.lines[0].get_marker(), second.lines[0].get_marker()) == ("o", "s")
+    assert (first.lines[0].get_linestyle(), second.lines[0].get_linestyle()) == ("-", "--")
     with pytest.raises(ValueError, match="1 markers for 2 methods"):
         plot_per_class_seeds({"sar": same, "ce": same}, counts, markers=["o"])
+    with pytest.raises(ValueError, match="3 linestyles for 2 methods"):
+        plot_per_class_seeds({"sar": same, "ce": same}, counts, linestyles=["-"] * 3)
     plt.close("all")
 
 

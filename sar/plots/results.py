@@ -467,6 +467,7 @@ def plot_per_class_seeds(
     legend: str | None = "best",
     dodge: float = 0.0,
     markers: Sequence[str] | None = None,
+    linestyles: Sequence[str] | None = None,
 ) -> Axes:
     """One line per method across the classes, ordered by training count (head first): the
     mean over seeds with a ± std bar (sample std, ddof=1; none for one seed).
@@ -479,15 +480,16 @@ def plot_per_class_seeds(
         ax, ylabel, title, legend: as :func:`plot_sweep` (give units in ``ylabel``).
         dodge: horizontal distance, in class slots, between neighbouring methods' points,
             centred on each class: lines that run on top of each other stay apart.
-        markers: one marker per method, in order (default: circles for all); with ``dodge``
-            they tell overlapping lines apart.
+        markers, linestyles: one marker and one line style per method, in order (default:
+            circles and solid lines); with ``dodge`` they tell overlapping lines apart.
 
     Raises:
-        ValueError: a method's values do not have C columns, or ``markers`` is not one per
-            method.
+        ValueError: a method's values do not have C columns, or ``markers`` or
+            ``linestyles`` is not one per method.
     """
-    if markers is not None and len(markers) != len(values):
-        raise ValueError(f"{len(markers)} markers for {len(values)} methods")
+    for name, styles in (("markers", markers), ("linestyles", linestyles)):
+        if styles is not None and len(styles) != len(values):
+            raise ValueError(f"{len(styles)} {name} for {len(values)} methods")
     n = _numpy(counts).astype(float)
     order = np.argsort(-n, kind="stable")
     ax = _axes(ax)
@@ -501,6 +503,7 @@ def plot_per_class_seeds(
         ax.errorbar(np.arange(len(n)) + shift, v.mean(0)[order],
                     yerr=None if spread is None else spread[order],
                     marker="o" if markers is None else markers[j], markersize=4,
+                    linestyle="-" if linestyles is None else linestyles[j],
                     capsize=2, color=colour, label=method_label(name))
     names = np.array(_names(class_names, len(n)))[order]
     ax.set_xticks(np.arange(len(n)), [f"{c}\n({int(k)})" for c, k in zip(names, n[order],
