@@ -142,6 +142,14 @@ def test_paired_gap_table_against_a_reference_setting():
     assert "| knob | +15.00 ± 7.07 |" in bare and "(n=" not in bare
     fine = paired_gap_table(df, "setting", "default", ["acc"], scale=1.0, digits=3)
     assert "| knob | +0.150 ± 0.071 (n=2) |" in fine
+    tight = pd.concat([df, pd.DataFrame({"setting": ["tight"] * 2, "seed": [0, 1],
+                                         "acc": [0.61, 0.71]})])
+    marked = paired_gap_table(tight, "setting", "default", ["acc"], counts=False,
+                              bold_clear=True)
+    # knob: 15 ± 7.07 over 2 seeds, t-interval ± 12.71 · 7.07 / √2 = ± 63.5, not clear;
+    # tight: 11 ± 0 excludes zero
+    assert "| knob | +15.00 ± 7.07 |" in marked and "| tight | **+11.00 ± 0.00** |" in marked
+    assert "| new | +20.00 |" in marked  # one seed: no interval, never bold
 
 
 def test_ablation_loss_option_picks_the_logit_adjusted_method():

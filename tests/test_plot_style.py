@@ -142,6 +142,9 @@ def test_ablation_figure_pairs_each_setting_with_default_sar_and_keeps_loss_chan
     banded = report.plot_ablation(ablation, noise_band={"accuracy": 0.3})
     assert len(banded.axes[0].patches) == 1 and not banded.axes[1].patches  # overall only
     assert loss.get_ylim()[1] > 5 > halves.get_ylim()[1]  # the loss change has its own
+    assert halves.get_ylabel() == "points vs default SAR"
+    t95 = report.plot_ablation(ablation, interval="t95")
+    assert t95.axes[0].get_ylabel().endswith("(bar: 95% t-interval)")  # no legend says it
 
 
 def test_background_is_black_in_masks_and_in_embeddings() -> None:

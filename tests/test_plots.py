@@ -27,6 +27,7 @@ from sar.plots import (  # noqa: E402
     plot_segmentation_overlay,
     plot_sweep,
     plot_training_curves,
+    t_half_width,
     use_style,
 )
 
@@ -544,6 +545,32 @@ def test_paired_gap_plot_shades_the_noise_band_around_zero_only_when_asked():
     plt.close("all")
 
 
+def test_t_half_width_is_the_student_t_interval_of_a_mean():
+    from scipy import stats
+
+    assert t_half_width(1.0, 3) == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)  # t(.975, 2)
+    assert t_half_width(2.0, 10, confidence=0.9) == pytest.approx(
+        stats.t.ppf(0.95, 9) * 2.0 / np.sqrt(10))
+    assert np.isnan(t_half_width(1.0, 1))
+    with pytest.raises(ValueError, match="confidence"):
+        t_half_width(1.0, 3, confidence=95)
+
+
+def test_paired_gap_plot_draws_the_95_percent_t_interval_when_asked_and_says_so():
+    default = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor")
+    assert default.get_legend().get_title().get_text().endswith("mean ± std)")
+    ax = plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", interval="t95")
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert bars[0].lines[0].get_ydata()[0] == pytest.approx(2.0)  # SAR's gaps 1, 2, 3
+    low, high = bars[0].lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((2.0 - 2.484138, 2.0 + 2.484138), abs=1e-6)  # 4.303/√3
+    assert low < 0 < high  # three agreeing seeds, yet the interval does not exclude zero
+    assert ax.get_legend().get_title().get_text().endswith("mean, 95% t-interval)")
+    with pytest.raises(ValueError, match="interval"):
+        plot_paired_gaps(_paired_runs(), "acc", "ce", "imbalance_factor", interval="sem")
+    plt.close("all")
+
+
 def test_paired_gap_plot_refuses_more_than_five_methods_per_panel():
     runs = _paired_runs()
     extra = pd.concat([runs[runs["method"] == "sar"].assign(method=f"variant {k}")
@@ -563,6 +590,23 @@ def test_per_class_seed_lines_run_head_to_tail_with_mean_and_std_over_seeds():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b\n(50)", "c\n(20)", "a\n(5)"]
     with pytest.raises(ValueError, match="2 classes"):
         plot_per_class_seeds({"sar": np.zeros((2, 2))}, counts)
+
+
+def test_per_class_seed_lines_can_be_dodged_and_marked_apart():
+    counts = [5, 50, 20]
+    same = np.array([[1.0, 2.0, 3.0]])  # two methods with identical values: one hides the other
+    ax = plot_per_class_seeds({"sar": same, "sar_anchor_ce_only": same}, counts, dodge=0.2,
+                              markers=["o", "s"], linestyles=["-", "--"])
+    first, second = (c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    np.testing.assert_allclose(first.lines[0].get_xdata(), [-0.1, 0.9, 1.9])
+    np.testing.assert_allclose(second.lines[0].get_xdata(), [0.1, 1.1, 2.1])
+    assert (first.lines[0].get_marker(), second.lines[0].get_marker()) == ("o", "s")
+    assert (first.lines[0].get_linestyle(), second.lines[0].get_linestyle()) == ("-", "--")
+    with pytest.raises(ValueError, match="1 markers for 2 methods"):
+        plot_per_class_seeds({"sar": same, "ce": same}, counts, markers=["o"])
+    with pytest.raises(ValueError, match="3 linestyles for 2 methods"):
+        plot_per_class_seeds({"sar": same, "ce": same}, counts, linestyles=["-"] * 3)
+    plt.close("all")
 
 
 def test_plot_features_2d_draws_features_as_they_are_with_stars_and_says_what_it_leaves_out():

@@ -85,12 +85,15 @@ def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
 def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
                      columns: str | None = None, scale: float = 100.0,
                      label: Callable[[str], str] = str, counts: bool = True,
-                     digits: int = 2) -> str:
+                     digits: int = 2, bold_clear: bool = False) -> str:
     """Markdown: for each level of ``by``, its paired gap to ``reference`` on each metric,
     computed separately within each level of ``columns`` when given (e.g. per setting).
     ``label`` writes the row and metric names (e.g. :func:`sar.plots.pretty_label`);
     ``counts=False`` leaves out each cell's "(n=…)", for a table that states the seeds once;
-    ``digits``: decimals of the mean and the std."""
+    ``digits``: decimals of the mean and the std; ``bold_clear``: bold the cells whose 95%
+    Student-t interval of the mean gap (:func:`sar.plots.t_half_width`) excludes zero."""
+    from ..plots import t_half_width
+
     groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
     header = [f"Δ {label(m)}" if level is None else (str(level) if len(metrics) == 1
                                                      else f"{level} Δ {label(m)}")
@@ -105,7 +108,10 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
                 mean, std, n = paired_gap(part, metric, row, reference, by)
                 spread = f" ± {std * scale:.{digits}f}" if n > 1 else ""
                 count = f" (n={n})" if counts else ""
-                cells.append(f"{mean * scale:+.{digits}f}{spread}{count}" if n else "–")
+                text = f"{mean * scale:+.{digits}f}{spread}"
+                if bold_clear and n > 1 and abs(mean) > t_half_width(std, n):
+                    text = f"**{text}**"
+                cells.append(f"{text}{count}" if n else "–")
         lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -149,7 +155,8 @@ ABLATION_GROUPS: dict[str, tuple[str, ...]] = {
 OWN_SCALE_GROUPS = ("not a SAR knob, own scale: the logit-adjusted loss",)
 
 
-def plot_ablation(df: pd.DataFrame, noise_band: dict[str, float] | None = None) -> Any:
+def plot_ablation(df: pd.DataFrame, noise_band: dict[str, float] | None = None,
+                  interval: str = "std") -> Any:
     """Figure: each ablation minus the default SAR of the same seed, overall (left) and
     few-shot (right), one row per theme of :data:`ABLATION_GROUPS`: a dot per seed, the mean
     ± std and the zero line (:func:`sar.plots.plot_paired_gaps`, in SAR's colour).
@@ -163,6 +170,9 @@ def plot_ablation(df: pd.DataFrame, noise_band: dict[str, float] | None = None) 
             ``imbalance_factor``), the reference setting named ``"default"``.
         noise_band: per metric (``"accuracy"``, ``"few_accuracy"``), the half-width in points
             of a grey band around zero (:func:`sar.plots.plot_paired_gaps`); none if absent.
+        interval: the error bar, ``"std"`` or ``"t95"`` (the 95% t-interval of the mean), as
+            :func:`sar.plots.plot_paired_gaps`; the y label says which (the panels have no
+            legend).
     """
     import matplotlib.pyplot as plt  # matplotlib only when plotting
 
@@ -196,8 +206,9 @@ def plot_ablation(df: pd.DataFrame, noise_band: dict[str, float] | None = None) 
             plots.plot_paired_gaps(
                 long[long["ablation"].isin(members)], metric, "default SAR", "ablation",
                 hue="change", ax=ax, xlabel="the setting changed (one at a time)",
-                ylabel="points vs default SAR", tick_width=10,
-                noise_band=(noise_band or {}).get(metric),
+                ylabel="points vs default SAR" + ("" if interval == "std"
+                                                  else "\n(bar: 95% t-interval)"),
+                tick_width=10, noise_band=(noise_band or {}).get(metric), interval=interval,
                 legend=None,  # every marker is SAR's: a one-entry legend reads as a point
                 title=f"{title}\n{plots.pretty_label(metric)}, IF {factor:g}")
     fig.tight_layout()

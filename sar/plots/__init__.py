@@ -21,6 +21,7 @@ from .geometry import (
     plot_target_distances,
 )
 from .results import (
+    PAIRED_INTERVALS,
     paired_gaps,
     plot_bars,
     plot_paired_gaps,
@@ -29,6 +30,7 @@ from .results import (
     plot_sweep,
     plot_sweep_panels,
     sweep_summary,
+    t_half_width,
 )
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (
@@ -69,6 +71,7 @@ __all__ = [
     "MAX_LEGEND_CLASSES",
     "METHOD_COLORS",
     "METHOD_LABELS",
+    "PAIRED_INTERVALS",
     "TERM_COLORS",
     "canonical_method",
     "class_palette",
@@ -105,6 +108,7 @@ __all__ = [
     "sar_defaults",
     "series_colors",
     "sweep_summary",
+    "t_half_width",
     "tick_labels",
     "use_style",
 ]

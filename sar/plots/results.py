@@ -303,6 +303,23 @@ def plot_bars(
 
 
 MAX_PAIRED_LEVELS = 5  # more methods per panel and the dots of their seeds run together
+PAIRED_INTERVALS = {"std": "mean ± std", "t95": "mean, 95% t-interval"}  # error bar -> legend
+
+
+def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width of the Student-t confidence interval of a mean of ``n`` values whose sample
+    std (ddof=1) is ``std``: ``t(1 - (1 - confidence) / 2, n - 1) · std / √n``; NaN for n < 2.
+
+    With three seeds (2 degrees of freedom) the 95% quantile is 4.303, so the interval is
+    mean ± 2.48 std: a paired gap is told apart from zero only when it is that far from it.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n < 2:
+        return float("nan")
+    from scipy import stats  # scipy comes with scikit-learn; only needed here
+
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
 
 
 def paired_gaps(df: pd.DataFrame, value: str, reference: str, x: str, hue: str = "method",
@@ -351,9 +368,11 @@ def plot_paired_gaps(
     tick_width: int = 14,
     noise_band: float | None = None,
     band_label: str = "noise band",
+    interval: str = "std",
 ) -> Axes:
     """Each method's difference from ``reference`` on the same seed: a dot per seed, the mean
-    with a ± std bar beside them, and the zero line, grouped by ``x``.
+    with an error bar beside them (± std, or the 95% t-interval of the mean), and the zero
+    line, grouped by ``x``.
 
     The paired difference cancels what two runs of one seed share (data order, initial
     weights), so a gap whose dots all lie on one side of zero is a gap the seeds agree on,
@@ -374,11 +393,18 @@ def plot_paired_gaps(
             (in the units of the drawn gaps, i.e. after ``scale``): the noise a mean gap must
             clear, e.g. the rerun noise of a mean of three seeds.
         band_label: the band's legend entry, followed by its half-width.
+        interval: the error bar: ``"std"`` the sample std of the seeds' gaps (ddof=1);
+            ``"t95"`` the 95% Student-t interval of their mean (:func:`t_half_width`, n − 1
+            degrees of freedom), which excludes zero when the seeds tell the gap from none.
+            The legend title says which is drawn.
 
     Raises:
         ValueError: more than :data:`MAX_PAIRED_LEVELS` levels besides ``reference``, no
-            paired rows, a negative ``noise_band``, or the errors of :func:`paired_gaps`.
+            paired rows, a negative ``noise_band``, an unknown ``interval``, or the errors
+            of :func:`paired_gaps`.
     """
+    if interval not in PAIRED_INTERVALS:
+        raise ValueError(f"interval must be one of {sorted(PAIRED_INTERVALS)}, got {interval!r}")
     gaps = paired_gaps(df, value, reference, x, hue, scale)
     levels = list(dict.fromkeys(gaps[hue]))
     if not levels:
@@ -405,8 +431,12 @@ def plot_paired_gaps(
             centre = i + (j - (len(levels) - 1) / 2) * width
             ax.scatter(np.full(len(cell), centre - width * 0.18), cell, s=14, color=colour,
                        alpha=0.75, linewidths=0, zorder=3)
-            ax.errorbar(centre + width * 0.18, cell.mean(),
-                        yerr=cell.std(ddof=1) if len(cell) > 1 else 0.0, fmt="o",
+            spread = 0.0
+            if len(cell) > 1:
+                spread = cell.std(ddof=1)
+                if interval == "t95":
+                    spread = t_half_width(spread, len(cell))
+            ax.errorbar(centre + width * 0.18, cell.mean(), yerr=spread, fmt="o",
                         markersize=6, capsize=3, color=colour, markeredgecolor="0.15",
                         zorder=4, label=None if labelled else method_label(level))
             labelled = True
@@ -419,7 +449,7 @@ def plot_paired_gaps(
     lo, hi = int(seeds.min()), int(seeds.max())
     n_seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
     _legend(ax, legend, title=f"{hue} − {method_label(reference)} (dots: {n_seeds} seeds;"
-                              " mean ± std)")
+                              f" {PAIRED_INTERVALS[interval]})")
     ax.set(title=title or f"{pretty_label(value)}: difference from {method_label(reference)}"
                           " on the same seed",
            xlabel=xlabel or pretty_label(x),
@@ -435,6 +465,9 @@ def plot_per_class_seeds(
     ylabel: str = "value",
     title: str = "Per class, head → tail",
     legend: str | None = "best",
+    dodge: float = 0.0,
+    markers: Sequence[str] | None = None,
+    linestyles: Sequence[str] | None = None,
 ) -> Axes:
     """One line per method across the classes, ordered by training count (head first): the
     mean over seeds with a ± std bar (sample std, ddof=1; none for one seed).
@@ -445,20 +478,32 @@ def plot_per_class_seeds(
         counts: ``(C,)`` training samples per class; sets the order (stable for ties).
         class_names: tick labels (default: class ids).
         ax, ylabel, title, legend: as :func:`plot_sweep` (give units in ``ylabel``).
+        dodge: horizontal distance, in class slots, between neighbouring methods' points,
+            centred on each class: lines that run on top of each other stay apart.
+        markers, linestyles: one marker and one line style per method, in order (default:
+            circles and solid lines); with ``dodge`` they tell overlapping lines apart.
 
     Raises:
-        ValueError: a method's values do not have C columns.
+        ValueError: a method's values do not have C columns, or ``markers`` or
+            ``linestyles`` is not one per method.
     """
+    for name, styles in (("markers", markers), ("linestyles", linestyles)):
+        if styles is not None and len(styles) != len(values):
+            raise ValueError(f"{len(styles)} {name} for {len(values)} methods")
     n = _numpy(counts).astype(float)
     order = np.argsort(-n, kind="stable")
     ax = _axes(ax)
-    for (name, vals), colour in zip(values.items(), level_colors(values), strict=True):
+    for j, ((name, vals), colour) in enumerate(zip(values.items(), level_colors(values),
+                                                   strict=True)):
         v = np.atleast_2d(_numpy(vals).astype(float))
         if v.shape[1] != len(n):
             raise ValueError(f"values for {name!r} have {v.shape[1]} classes, counts {len(n)}")
         spread = v.std(0, ddof=1) if v.shape[0] > 1 else None
-        ax.errorbar(np.arange(len(n)), v.mean(0)[order],
-                    yerr=None if spread is None else spread[order], marker="o", markersize=4,
+        shift = (j - (len(values) - 1) / 2) * dodge
+        ax.errorbar(np.arange(len(n)) + shift, v.mean(0)[order],
+                    yerr=None if spread is None else spread[order],
+                    marker="o" if markers is None else markers[j], markersize=4,
+                    linestyle="-" if linestyles is None else linestyles[j],
                     capsize=2, color=colour, label=method_label(name))
     names = np.array(_names(class_names, len(n)))[order]
     ax.set_xticks(np.arange(len(n)), [f"{c}\n({int(k)})" for c, k in zip(names, n[order],
