@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .results import paired_gaps
 from .style import _axes, readable_log_axis, tick_labels
 
 
@@ -75,16 +76,15 @@ def plot_recipe_costs(
             twice.
     """
     runs = _runs(final, colors)
-    if reference not in runs:
-        raise ValueError(f"reference {reference!r} is not a run (have {runs})")
-    if final.duplicated(["run", "seed"]).any():
-        raise ValueError("several rows share one (run, seed); give the last epoch only")
+    # the pairing of :func:`paired_gaps`, one comparison for all runs (it refuses a missing
+    # reference and several rows of one (run, seed))
+    gaps = paired_gaps(final.assign(_all=0), "accuracy", reference, "_all", hue="run",
+                       scale=100.0)
     if axes is None:
         from matplotlib import pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
     left, right = axes
-    ref = final[final.run == reference].set_index("seed")["accuracy"]
     others = [run for run in runs if run != reference]
     for i, run in enumerate(runs):
         values = final.loc[final.run == run, distance].dropna().to_numpy(float)
@@ -97,9 +97,9 @@ def plot_recipe_costs(
     left.set_xticks(range(len(runs)), tick_labels(runs, 12))
     left.set(ylabel=distance_label, title="Where each run ends: distance to its own targets")
     for i, run in enumerate(others):
-        gaps = 100 * (final[final.run == run].set_index("seed")["accuracy"] - ref).dropna()
-        values, mean = gaps.to_numpy(float), gaps.mean()
-        std = gaps.std() if len(gaps) > 1 else 0.0
+        values = gaps.loc[gaps.run == run, "gap"].to_numpy(float)
+        mean = values.mean()
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
         if floor is not None and mean < floor:
             _off_scale(right, i, mean, floor, colors[run], low=True)
             continue
