@@ -8,6 +8,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
@@ -332,6 +333,7 @@ def plot_features_2d(
     legend: bool = True,
     target_label: str = "target",
     view: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    hollow_targets: bool = False,
 ) -> Axes:
     """Two-dimensional features as they are, no projection: a dot per feature in its class's
     colour, a star per class target (semantic anchor, prototype, class mean) in the same colour.
@@ -349,6 +351,9 @@ def plot_features_2d(
             :func:`~sar.plots.style.figure_legend`); ``target_label`` names the stars in it.
         view: ``((x0, x1), (y0, y1))`` to draw instead of the computed square view (panels
             sharing one scale); the points outside it are counted.
+        hollow_targets: draw each star as an outline only (its class's colour inside a black
+            or white rim), a little smaller and beneath the dots, so a cloud that sits on a star
+            stays visible.
 
     Raises:
         ValueError: features that are not ``(N, 2)`` (project wider ones with
@@ -373,8 +378,14 @@ def plot_features_2d(
                    linewidths=0)
     if stars is not None:
         for c, (x, y) in enumerate(stars):
-            ax.plot(x, y, marker="*", markersize=15, linestyle="none", color=palette[c],
-                    markeredgecolor=_edge_for(palette[c]), markeredgewidth=1.0, zorder=3)
+            if hollow_targets:  # a rimmed outline under the dots: a cloud on a star shows
+                ax.plot(x, y, marker="*", markersize=12, linestyle="none", color=palette[c],
+                        markerfacecolor="none", markeredgecolor=palette[c], markeredgewidth=1.4,
+                        zorder=0.9, path_effects=[patheffects.withStroke(
+                            linewidth=2.8, foreground=_edge_for(palette[c]))])
+            else:
+                ax.plot(x, y, marker="*", markersize=15, linestyle="none", color=palette[c],
+                        markeredgecolor=_edge_for(palette[c]), markeredgewidth=1.0, zorder=3)
     outside = ((xy[keep, 0] < xlim[0]) | (xy[keep, 0] > xlim[1]) | (xy[keep, 1] < ylim[0])
                | (xy[keep, 1] > ylim[1])).sum()
     title = title or f"{len(keep)} features"
@@ -449,8 +460,11 @@ def plot_feature_grid(
                                                                             num_classes)
     handles = [Line2D([], [], marker="o", markersize=6, linestyle="none", color=colour)
                for colour in palette]
+    hollow = bool(options.get("hollow_targets"))
     handles.append(Line2D([], [], marker="*", markersize=12, linestyle="none", color="0.7",
-                          markeredgecolor="black"))
+                          markerfacecolor="none" if hollow else "0.7",
+                          markeredgecolor="0.4" if hollow else "black",
+                          markeredgewidth=1.6 if hollow else 1.0))
     fig.legend(handles, [*names, "target (see row)"], title="class", loc="center left",
                bbox_to_anchor=(1.0, 0.5), frameon=False)
     own = [label for label in panels if shares.get(label) != "row"]
