@@ -18,15 +18,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..metrics.scores import gate_opened_step
 from .style import TERM_COLORS, _axes, pretty_label, series_colors
 
 RUN_STYLES = ("-", "--", ":")  # one per run; dash-dot marks the gate
-
-
-def _gate_step(history: pd.DataFrame) -> int | None:
-    from ..train import gate_opened_step  # sar.train imports torch-heavy modules
-
-    return gate_opened_step(history)
 
 
 def plot_runs(histories: Mapping[str, pd.DataFrame], columns: Sequence[str], ax: Axes | None = None,
@@ -52,7 +47,7 @@ def plot_runs(histories: Mapping[str, pd.DataFrame], columns: Sequence[str], ax:
     if gate:
         opened: dict[int, list[str]] = {}
         for run, history in histories.items():
-            if (step := _gate_step(history)) is not None:
+            if (step := gate_opened_step(history)) is not None:
                 opened.setdefault(step, []).append(run)
         for step, runs in sorted(opened.items()):
             which = "" if len(runs) == len(histories) else f", {', '.join(runs)}"
@@ -100,7 +95,7 @@ def loss_dict_events(histories: Mapping[str, pd.DataFrame], last: int = 5) -> pd
     again, and the pull at the gate and over the ``last`` steps."""
     rows = {}
     for run, h in histories.items():
-        gate = _gate_step(h)
+        gate = gate_opened_step(h)
         zero = (h["anchor_ce"] == 0).to_numpy()
         first = int(zero.argmax()) if zero.any() else None
         back = [] if first is None else h["step"].to_numpy()[first:][~zero[first:]].tolist()

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +14,7 @@ from .. import metrics
 from ..config import default_device
 from ..distributed import unwrap
 from ..labels import AUTO, class_labels, resolve_ignore_index
+from ..metrics.scores import gate_opened_step  # noqa: F401  (re-exported by sar.train)
 from .modes import modes_kept
 
 TASKS = ("classification", "segmentation")
@@ -223,19 +223,6 @@ def evaluate(
         anchors = anchors.detach().cpu() if anchors is not None else None
         result.update(metrics.representation_metrics(feats, labels, num_classes, anchors))
     return result
-
-
-def gate_opened_step(history: pd.DataFrame) -> int | None:
-    """First logged step at which the SAR gate had opened; None if it never did, or if
-    ``history`` has no gate (a run without SAR).
-
-    Only as precise as ``fit``'s ``log_every``: the gate opened at this step or at one of the
-    unlogged steps just before it.
-    """
-    if "gate_opened" not in history:
-        return None
-    opened = history.loc[history["gate_opened"] > 0, "step"]
-    return int(opened.iloc[0]) if len(opened) else None
 
 
 def collect_features(
