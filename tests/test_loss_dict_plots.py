@@ -41,6 +41,7 @@ def test_plot_loss_dict_panels_and_legends():
     assert len(ces.get_lines()) == 2 * 2 + 1  # two columns x two runs, one gate line
     labels = [t.get_text() for t in ces.get_legend().get_texts()]
     assert labels == ["task CE", "anchor CE", "seed 0", "seed 1", "gate opens (step 5)"]
+    assert ces.get_legend().get_lines()[-1].get_linestyle() == "-."  # a shared step: dash-dot
     gate_labels = [t.get_text() for t in gate.get_legend().get_texts()]
     assert "update_conf = 0.8" in gate_labels and gate_labels[-1].startswith("filter_conf = 0.9")
     assert len(gate.get_lines()) == 2 + 1 + 2  # two runs, the gate, two thresholds
@@ -52,6 +53,13 @@ def test_gate_lines_name_their_runs_when_steps_differ():
     assert "gate opens (step 3, wrapper)" in labels and "gate opens (step 6, bare)" in labels
     styles = {line.get_linestyle() for line in ax.get_lines()[:2]}
     assert styles == {"-", "--"}  # one style per run
+    # each run's gate line, and its legend entry, in that run's line style
+    gate_lines = [line for line in ax.get_lines() if line.get_xdata()[0] in (3, 6)
+                  and len(set(line.get_xdata())) == 1]
+    assert [line.get_linestyle() for line in gate_lines] == ["-", "--"]
+    entries = dict(zip(labels, ax.get_legend().get_lines(), strict=True))
+    assert entries["gate opens (step 3, wrapper)"].get_linestyle() == "-"
+    assert entries["gate opens (step 6, bare)"].get_linestyle() == "--"
 
 
 def test_plot_runs_one_run_has_no_run_legend_and_too_many_runs_raise():

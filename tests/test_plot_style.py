@@ -265,6 +265,8 @@ def test_the_pipeline_diagram_names_every_stage_and_the_full_loss() -> None:
         assert stage in text, stage
     assert "L = CE + 1.0·L_anchor + 0.1·L_pull" in text
     assert "‖f − s_y‖² / D" in text  # the pull as the loss equation writes it: mean over D
+    # the gate feeds the EMA and also switches the pull on, on the steps it passes
+    assert "when it passes" in text and "switches the pull on (steps it passes)" in text
     assert "update_conf 0.8" in text and "filter_conf 0.9" in text
     assert "momentum 0.999" in text
     assert fig.get_size_inches()[0] <= 13  # fits a notebook's width at 100 dpi

@@ -76,7 +76,8 @@ def plot_sar_pipeline(regularizer: Any = None, ax: Axes | None = None) -> Figure
     *shared* classifier -> anchor probabilities -> anchor CE. Bottom row (the task): image ->
     encoder -> feature -> the same classifier -> logits -> CE. Middle row: the gate (every
     anchor classified right and above ``update_conf``) lets the projected anchors into an EMA
-    (the semantic anchors), which the pull draws the features toward. Under it, the loss as
+    (the semantic anchors), which the pull draws the features toward; the gate also switches the
+    pull on, on the steps it passes (the default ``pull_after_open=False``). Under it, the loss as
     one equation and the knobs' values.
 
     Args:
@@ -122,7 +123,7 @@ def plot_sar_pipeline(regularizer: Any = None, ax: Axes | None = None) -> Figure
     _box(ax, x5, _LOW, "CE", "the task loss,\nCE(logits, y)", _LOSS, width=0.16)
     row(_LOW)
     _arrow(ax, (x3, _TOP - _H / 2), (x3, _LOW + _H / 2), colour="0.45", style="--")
-    ax.text(x3 + 0.006, _MID - 0.085, "one module,\nused twice", fontsize=9, color="0.35",
+    ax.text(x3 + 0.006, _TOP - _H / 2 - 0.05, "one module,\nused twice", fontsize=9, color="0.35",
             style="italic", va="center", transform=ax.transAxes)
 
     # gate -> EMA -> pull (middle)
@@ -139,10 +140,16 @@ def plot_sar_pipeline(regularizer: Any = None, ax: Axes | None = None) -> Figure
             color=red, ha="center", style="italic", transform=ax.transAxes)
     _arrow(ax, (x2, _TOP - _H / 2), (x2, _MID + _H / 2), colour=red)
     _arrow(ax, (ema_x - 0.1, _MID), (pull_x + 0.1, _MID), colour=red)
-    _arrow(ax, (pull_x + 0.05, _MID - _H / 2), (x2 - 0.03, _LOW + _H / 2), colour=red,
+    # the gate also switches the pull on: only on steps it passes (pull_after_open=False)
+    _arrow(ax, (x4 - 0.03, _MID - _H / 2), (pull_x + 0.07, _MID - _H / 2), colour=red, rad=-0.09)
+    ax.text(x4 - 0.015, _MID - _H / 2 - 0.05, "switches the pull on\n(steps it passes)",
+            fontsize=9, color=red, ha="left", va="center", style="italic", linespacing=1.1,
+            transform=ax.transAxes)
+    _arrow(ax, (pull_x - 0.03, _MID - _H / 2), (x2 - 0.05, _LOW + _H / 2), colour=red,
            style="--")
-    ax.text((pull_x + x2) / 2 + 0.045, (_MID + _LOW) / 2 + 0.01, "moves f\ntoward s_y",
-            fontsize=9, color=red, style="italic", va="center", transform=ax.transAxes)
+    ax.text(pull_x - 0.04, (_MID + _LOW) / 2, "moves f\ntoward s_y",
+            fontsize=9, color=red, style="italic", ha="right", va="center", linespacing=1.1,
+            transform=ax.transAxes)
 
     ax.text(0.5, 0.035, f"{loss_equation(regularizer)}      gate: update_conf "
             f"{_num(knobs['update_conf'])}   filter: filter_conf {_num(knobs['filter_conf'])}"

@@ -3,7 +3,8 @@
 :func:`plot_loss_dict` draws three panels (task CE and anchor CE, pull, gate), :func:`plot_gate`
 the gate panel alone and :func:`plot_runs` any logged column of several runs; in all three a
 term keeps its colour (:func:`~sar.plots.style.series_colors`), a run its line style, and the
-step at which each run's gate opened is a vertical dash-dotted line.
+step at which each run's gate opened is a vertical line in the gate's colour (in the run's line
+style where the runs open at different steps, dash-dotted where they share the step).
 :func:`loss_dict_events` tabulates what the figure shows (gate, anchor CE at 0, pull).
 """
 
@@ -29,7 +30,8 @@ def plot_runs(histories: Mapping[str, pd.DataFrame], columns: Sequence[str], ax:
     """``columns`` of every run in ``histories`` ({run name: fit's history}) against ``step``.
 
     Colour names the column, line style the run (at most three runs); with ``gate`` a
-    vertical line marks the step at which the gate opened, one line per distinct step.
+    vertical line marks the step at which the gate opened, one line per distinct step: in the
+    line style of its run where only one of several runs opened then, dash-dotted otherwise.
     The legend lists the columns (solid), then the runs (grey) when there are several.
     """
     if len(histories) > len(RUN_STYLES):
@@ -51,8 +53,10 @@ def plot_runs(histories: Mapping[str, pd.DataFrame], columns: Sequence[str], ax:
                 opened.setdefault(step, []).append(run)
         for step, runs in sorted(opened.items()):
             which = "" if len(runs) == len(histories) else f", {', '.join(runs)}"
-            ax.axvline(step, color=TERM_COLORS["gate_opened"], linestyle="-.", linewidth=1)
-            handles.append(Line2D([], [], color=TERM_COLORS["gate_opened"], linestyle="-.",
+            # a step of one run among several: that run's line style; shared: dash-dot
+            style = styles[runs[0]] if len(runs) == 1 and len(histories) > 1 else "-."
+            ax.axvline(step, color=TERM_COLORS["gate_opened"], linestyle=style, linewidth=1)
+            handles.append(Line2D([], [], color=TERM_COLORS["gate_opened"], linestyle=style,
                                   linewidth=1, label=f"gate opens (step {step}{which})"))
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.legend(handles=handles, frameon=False, fontsize=8)
