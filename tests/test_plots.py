@@ -592,6 +592,18 @@ def test_per_class_seed_lines_run_head_to_tail_with_mean_and_std_over_seeds():
         plot_per_class_seeds({"sar": np.zeros((2, 2))}, counts)
 
 
+def test_per_class_seed_lines_can_draw_the_t_interval():
+    seeds = np.array([[1.0, 3.0, 2.0], [1.0, 5.0, 6.0]])  # 2 seeds, counts order b, c, a
+    ax = plot_per_class_seeds({"sar": seeds}, [5, 50, 20], interval="t95")
+    bar = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    low, high = bar.lines[2][0].get_segments()[1][:, 1]  # class c: 2 and 6
+    expected = 12.706 * np.std([2.0, 6.0], ddof=1) / np.sqrt(2)  # t(0.975, 1 df) · std / √2
+    assert (high - low) / 2 == pytest.approx(expected, rel=1e-4)
+    assert ax.get_legend().get_title().get_text() == "mean, 95% t-interval over 2 seeds"
+    with pytest.raises(ValueError, match="interval"):
+        plot_per_class_seeds({"sar": seeds}, [5, 50, 20], interval="sem")
+
+
 def test_per_class_seed_lines_can_be_dodged_and_marked_apart():
     counts = [5, 50, 20]
     same = np.array([[1.0, 2.0, 3.0]])  # two methods with identical values: one hides the other

@@ -468,9 +468,11 @@ def plot_per_class_seeds(
     dodge: float = 0.0,
     markers: Sequence[str] | None = None,
     linestyles: Sequence[str] | None = None,
+    interval: str = "std",
 ) -> Axes:
     """One line per method across the classes, ordered by training count (head first): the
-    mean over seeds with a ± std bar (sample std, ddof=1; none for one seed).
+    mean over seeds with a ± std bar (sample std, ddof=1; none for one seed), or with
+    ``interval="t95"`` the 95% Student-t interval of the mean (:func:`t_half_width`).
 
     Args:
         values: method -> ``(S, C)`` per-class values of S seeds (a ``(C,)`` array is one
@@ -482,11 +484,14 @@ def plot_per_class_seeds(
             centred on each class: lines that run on top of each other stay apart.
         markers, linestyles: one marker and one line style per method, in order (default:
             circles and solid lines); with ``dodge`` they tell overlapping lines apart.
+        interval: the error bar, ``"std"`` or ``"t95"``; the legend's title says which.
 
     Raises:
-        ValueError: a method's values do not have C columns, or ``markers`` or
-            ``linestyles`` is not one per method.
+        ValueError: a method's values do not have C columns, ``markers`` or ``linestyles``
+            is not one per method, or ``interval`` is unknown.
     """
+    if interval not in PAIRED_INTERVALS:
+        raise ValueError(f"interval must be one of {sorted(PAIRED_INTERVALS)}, got {interval!r}")
     for name, styles in (("markers", markers), ("linestyles", linestyles)):
         if styles is not None and len(styles) != len(values):
             raise ValueError(f"{len(styles)} {name} for {len(values)} methods")
@@ -499,6 +504,8 @@ def plot_per_class_seeds(
         if v.shape[1] != len(n):
             raise ValueError(f"values for {name!r} have {v.shape[1]} classes, counts {len(n)}")
         spread = v.std(0, ddof=1) if v.shape[0] > 1 else None
+        if spread is not None and interval == "t95":
+            spread = spread * t_half_width(1.0, v.shape[0])
         shift = (j - (len(values) - 1) / 2) * dodge
         ax.errorbar(np.arange(len(n)) + shift, v.mean(0)[order],
                     yerr=None if spread is None else spread[order],
@@ -511,5 +518,6 @@ def plot_per_class_seeds(
                   rotation=45, ha="right", rotation_mode="anchor")
     ax.set(xlabel="class (training images), head → tail", ylabel=ylabel, title=title)
     seeds = {np.atleast_2d(_numpy(v)).shape[0] for v in values.values()}
-    _legend(ax, legend, title=f"mean ± std over {'/'.join(map(str, sorted(seeds)))} seeds")
+    seed_counts = "/".join(map(str, sorted(seeds)))
+    _legend(ax, legend, title=f"{PAIRED_INTERVALS[interval]} over {seed_counts} seeds")
     return ax
