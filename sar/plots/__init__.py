@@ -20,17 +20,19 @@ from .geometry import (
     plot_features_2d,
     plot_target_distances,
 )
-from .results import (
+from .paired import (
     PAIRED_INTERVALS,
     paired_gaps,
-    plot_bars,
     plot_paired_gaps,
-    plot_per_class,
     plot_per_class_seeds,
+    t_half_width,
+)
+from .results import (
+    plot_bars,
+    plot_per_class,
     plot_sweep,
     plot_sweep_panels,
     sweep_summary,
-    t_half_width,
 )
 from .segmentation import colorize_mask, plot_segmentation_comparison, plot_segmentation_overlay
 from .style import (

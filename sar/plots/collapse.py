@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .results import paired_gaps
+from .paired import paired_gaps
 from .style import _axes, readable_log_axis, tick_labels
 
 
