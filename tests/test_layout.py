@@ -182,3 +182,21 @@ def test_the_readmes_commands_and_links_name_things_that_exist():
                 assert all((ROOT / d).is_file() for d in documents), documents
     for target in re.findall(r"\]\((?!https?:)([^)#]+)(?:#[^)]*)?\)", text):
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_every_solution_hides_its_code_and_output_and_is_answered_in_words():
+    # a student should try an exercise before seeing its solution: the code and its output are
+    # collapsed, and an answer in words follows in a <details> block, after the output it reads
+    import json
+
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        solutions = [i for i, c in enumerate(cells) if "solution" in c["metadata"].get("tags", [])]
+        assert solutions, f"{path.name}: no exercise has a solution cell"
+        for i in solutions:
+            hidden = cells[i]["metadata"].get("jupyter", {})
+            assert hidden.get("source_hidden") and hidden.get("outputs_hidden"), (
+                f"{path.name}, cell {i}: a solution must hide its source and its outputs")
+            after = cells[i + 1] if i + 1 < len(cells) else {"cell_type": "none", "source": []}
+            assert after["cell_type"] == "markdown" and "<details" in "".join(after["source"]), (
+                f"{path.name}, cell {i}: the next cell must answer in words in a <details> block")
