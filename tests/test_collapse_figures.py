@@ -15,12 +15,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
-from torch import nn  # noqa: E402
 
 from sar.experiments.collapse import (  # noqa: E402
-    collapse_network,
     cost_table,
-    match_weight_norms,
     scatter_offset_rows,
     tightness_table,
 )
@@ -76,38 +73,6 @@ def test_scatter_offset_rows_split_exactly_and_tightness_table_pairs_by_seed():
     diff = (a.set_index("seed").tightness - rows[rows.run == "CE"].set_index("seed").tightness)
     assert table.loc["A", "minus CE"] == f"{diff.mean():+.3f} ± {diff.std():.3f}"
     assert diff.mean() > 0  # twice the spread: looser
-
-
-def test_match_weight_norms_keeps_the_function_and_sets_the_norms():
-    torch.manual_seed(0)
-    net, reference = collapse_network(3, 1, width=4), collapse_network(3, 1, width=4)
-    x = torch.randn(16, 1, 12, 12)
-    net.train()(x)  # running statistics that are not the initial ones
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                m.weight.mul_(7.0)
-        net.train()(x)  # the running statistics follow the inflated weights
-    net.eval()
-    before = net(x)
-    factors = match_weight_norms(net, reference)
-    assert len(factors) == 7  # six convolutions and the feature's linear layer
-    assert all(k < 1 for k in factors)
-    after = net(x)
-    assert torch.allclose(after, before, rtol=1e-2, atol=1e-3)  # BatchNorm's eps: not exact
-    assert torch.equal(after.argmax(1), before.argmax(1))
-    fed = [(a, b) for a, b in zip(net.modules(), reference.modules(), strict=True)
-           if isinstance(a, nn.Conv2d)]
-    assert all(torch.isclose(a.weight.norm(), b.weight.norm()) for a, b in fed)
-    assert not torch.isclose(net.fc.weight.norm(), reference.fc.weight.norm())  # no BN after
-
-
-def test_match_weight_norms_refuses_other_architectures_and_nets_without_batchnorm():
-    with pytest.raises(ValueError, match="same architecture"):
-        match_weight_norms(collapse_network(3, 1, width=4), collapse_network(3, 1, width=8,
-                                                                                linear_feature=True))
-    with pytest.raises(ValueError, match="followed by BatchNorm"):
-        match_weight_norms(nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_nearest_target_summary_matches_the_per_point_distances():

@@ -6,8 +6,7 @@ compares them with plain cross-entropy. :func:`build_run`, :func:`train_tracked`
 :func:`restore_run` are that recipe; :func:`accuracy_cost` turns the finished runs into the
 paired accuracy difference from the control, :func:`cost_table` prints it, and
 :func:`scatter_offset_rows` with :func:`tightness_table` tell clusters that got tighter from
-clusters that only moved. :func:`match_weight_norms` tests why a strong pull slows a BatchNorm
-network down: it undoes the weight growth without changing the network's function.
+clusters that only moved.
 
 To *see* the features, as Wen et al. drew them for center loss (ECCV 2016: a LeNet whose feature
 entering the classifier is 2-D), the feature must be 2-D, and two of SAR's building blocks do not
@@ -286,44 +285,3 @@ def tightness_table(rows: pd.DataFrame, reference: str = "CE") -> pd.DataFrame:
         "total = scatter + offset": [f"{t:.3f} = {s:.3f} + {o:.3f}" for t, s, o in
                                      mean.loc[tight.index].to_numpy()],
     }, index=tight.index)
-
-
-def match_weight_norms(net: nn.Module, reference: nn.Module) -> list[float]:
-    """Rescale, in place, every weight of ``net`` that feeds a BatchNorm to the norm of the
-    same weight in ``reference``, without changing what ``net`` computes.
-
-    A convolution or linear layer followed by BatchNorm is blind to the scale of its weight
-    in training mode (the batch statistics divide it out); in eval mode the BatchNorm's
-    running mean and variance are rescaled with it (by ``k`` and ``k²``), so the outputs stay
-    the same up to BatchNorm's ``eps``. What changes is how far an SGD step turns the weight:
-    the effective learning rate of a scale-invariant weight falls as ``1 / ‖w‖²``
-    (van Laarhoven, *L2 Regularization versus Batch and Weight Normalization*, 2017).
-
-    Args:
-        net: the network to rescale; reference: a network of the same architecture.
-
-    Returns:
-        The factor ``k`` applied to each rescaled weight, in module order.
-
-    Raises:
-        ValueError: the two networks' module structures differ, or ``net`` has no weight that
-            feeds a BatchNorm.
-    """
-    mods, refs = list(net.modules()), list(reference.modules())
-    if [type(m) for m in mods] != [type(r) for r in refs]:
-        raise ValueError("net and reference must have the same architecture")
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    factors = []
-    with torch.no_grad():
-        for layer, after, ref in zip(mods, mods[1:], refs, strict=False):
-            if isinstance(layer, nn.Conv2d | nn.Linear) and isinstance(after, norms):
-                k = (ref.weight.norm() / layer.weight.norm()).item()
-                layer.weight.mul_(k)
-                if layer.bias is not None:
-                    layer.bias.mul_(k)
-                after.running_mean.mul_(k)
-                after.running_var.mul_(k * k)
-                factors.append(k)
-    if not factors:
-        raise ValueError("net has no convolution or linear layer followed by BatchNorm")
-    return factors
