@@ -1,7 +1,7 @@
 """Notebook 01's dimension sweep: how anchor sets spread out as the dimension grows.
 
 :func:`plot_anchor_sweep` draws two panels over the dimension D (log axis), one line per anchor
-set with min-max bars over seeds: the mean |cosine| over pairs (left) and the closest pair's
+set with min-max bars over seeds: the mean absolute cosine over pairs (left) and the closest pair's
 angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF, the
 orthogonal 90°, and D = C - 1, where an ETF first exists) and one legend for both panels.
 """
@@ -26,14 +26,14 @@ def plot_anchor_sweep(
     legend_title: str | None = None,
     hue: str = "anchors",
 ) -> Figure:
-    """Mean |cosine| (left) and closest-pair angle (right) of anchor sets against D.
+    """Mean absolute cosine (left) and closest-pair angle (right) of anchor sets against D.
 
     Args:
         sweep: one row per (anchor set, D, seed) with columns ``hue``, ``"D"``,
             ``"mean_abs_cosine"`` and ``"min_angle_deg"``.
-        num_classes: C, for the reference levels: the simplex ETF's |cosine| ``1/(C-1)`` and
+        num_classes: C, for the reference levels: the simplex ETF's absolute cosine ``1/(C-1)`` and
             angle ``acos(-1/(C-1))``, and the vertical line at ``D = C - 1``.
-        expected: ``(dims, values)`` of a predicted mean |cosine| curve (e.g. Gaussian
+        expected: ``(dims, values)`` of a predicted mean absolute cosine curve (e.g. Gaussian
             anchors' ``sqrt(2 / (pi D))``), drawn black dashed on the left panel.
         expected_label: its legend entry.
         legend_title: title of the shared legend below the panels.
