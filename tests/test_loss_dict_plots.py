@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from sar.plots.loss_dict import loss_dict_events, plot_gate, plot_loss_dict, plot_runs  # noqa: E402
+from sar.metrics import loss_dict_events  # noqa: E402
+from sar.plots.loss_dict import plot_gate, plot_loss_dict, plot_runs  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from .. import data as sar_data
+from ..metrics.intervals import t_half_width
 from .grids import SEGMENTATION_SETUPS, segmentation_setup
 from .runs import add_shot_group_iou, scene_shot_groups
 from .store import load_results
@@ -91,9 +92,7 @@ def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[st
     ``label`` writes the row and metric names (e.g. :func:`sar.plots.pretty_label`);
     ``counts=False`` leaves out each cell's "(n=…)", for a table that states the seeds once;
     ``digits``: decimals of the mean and the std; ``bold_clear``: bold the cells whose 95%
-    Student-t interval of the mean gap (:func:`sar.plots.t_half_width`) excludes zero."""
-    from ..plots import t_half_width
-
+    Student-t interval of the mean gap (:func:`sar.metrics.t_half_width`) excludes zero."""
     groups = list(df.groupby(columns, sort=False)) if columns else [(None, df)]
     header = [f"Δ {label(m)}" if level is None else (str(level) if len(metrics) == 1
                                                      else f"{level} Δ {label(m)}")

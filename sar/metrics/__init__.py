@@ -18,6 +18,9 @@ Three families, all taking torch tensors (numpy arrays are converted):
   into scatter and offset; :func:`nearest_target_summary`, own target against the nearest
   other) and how much class
   centres move between runs or epochs (:func:`center_drift`, :func:`geometry_drift`).
+* **Seeds and training logs** - :func:`t_half_width` (the 95% Student-t interval of a mean
+  over a few seeds: is a paired gap told from zero?); :func:`gate_opened_step` and
+  :func:`loss_dict_events`, read from ``sar.train.fit``'s history.
 
 Accuracies and IoUs are fractions in ``[0, 1]``, not percentages.
 """
@@ -33,6 +36,8 @@ from .geometry import (
     model_anchors,
     representation_metrics,
 )
+from .history import gate_opened_step, loss_dict_events
+from .intervals import t_half_width
 from .scores import (
     ConfusionMeter,
     accuracy,
@@ -62,18 +67,21 @@ __all__ = [
     "class_means",
     "classifier_weights",
     "confusion_matrix",
+    "gate_opened_step",
     "geometry_drift",
     "iou_per_class",
     "logit_statistics",
+    "loss_dict_events",
     "mean_iou",
     "model_anchors",
+    "nearest_target_summary",
     "per_class_accuracy",
     "pixel_accuracy",
-    "nearest_target_summary",
     "pull_shares",
     "representation_metrics",
     "segmentation_summary",
     "shot_accuracy",
+    "t_half_width",
     "target_distance_ratio",
     "target_distance_split",
     "target_distances",

@@ -235,17 +235,3 @@ class ConfusionMeter:
     def pixel_accuracy(self) -> float:
         """See :func:`pixel_accuracy`."""
         return pixel_accuracy(self.matrix)
-
-
-def gate_opened_step(history: Any) -> int | None:
-    """First logged step at which the SAR gate had opened; None if it never did, or if
-    ``history`` (``sar.train.fit``'s DataFrame: columns ``step``, ``gate_opened``, ...) has no
-    gate (a run without SAR). Lives here, below ``sar.train`` and ``sar.plots``, so both use it.
-
-    Only as precise as ``fit``'s ``log_every``: the gate opened at this step or at one of the
-    unlogged steps just before it.
-    """
-    if "gate_opened" not in history:
-        return None
-    opened = history.loc[history["gate_opened"] > 0, "step"]
-    return int(opened.iloc[0]) if len(opened) else None

@@ -10,6 +10,7 @@ a logged loss term through :func:`series_colors`.
 and :func:`plot_scatter_offset` draw notebook 02's collapse runs.
 """
 
+from ..metrics.intervals import t_half_width  # beside the paired figures that draw it
 from .collapse import plot_recipe_costs, plot_scatter_offset
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import (
@@ -25,7 +26,6 @@ from .paired import (
     paired_gaps,
     plot_paired_gaps,
     plot_per_class_seeds,
-    t_half_width,
 )
 from .results import (
     plot_bars,

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .results import plot_sweep
+from .style import legend_entries
 
 
 def plot_anchor_sweep(
@@ -58,14 +59,11 @@ def plot_anchor_sweep(
     right.axhline(90, color="black", linestyle="-", linewidth=1.2, label="orthogonal, 90°")
     right.axvline(c - 1, color="0.4", linestyle="-.", linewidth=1,
                   label=f"D = C - 1 = {c - 1}: an ETF exists from here")
-    entries: dict[str, object] = {}  # one legend for both panels, each label once
     for ax in (left, right):
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            entries.setdefault(label, handle)
         ax.set_xticks(dims, labels=[str(int(d)) for d in dims])
         ax.minorticks_off()
     fig.tight_layout()
-    fig.legend(list(entries.values()), list(entries.keys()), title=legend_title, frameon=False,
+    fig.legend(*legend_entries((left, right)), title=legend_title, frameon=False,  # both panels
                ncol=3, loc="upper center", bbox_to_anchor=(0.5, 0.0))
     return fig
 

@@ -5,7 +5,7 @@ the gate panel alone and :func:`plot_runs` any logged column of several runs; in
 term keeps its colour (:func:`~sar.plots.style.series_colors`), a run its line style, and the
 step at which each run's gate opened is a vertical line in the gate's colour (in the run's line
 style where the runs open at different steps, dash-dotted where they share the step).
-:func:`loss_dict_events` tabulates what the figure shows (gate, anchor CE at 0, pull).
+:func:`sar.metrics.loss_dict_events` tabulates what the figure shows.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..metrics.scores import gate_opened_step
+from ..metrics.history import gate_opened_step
 from .style import TERM_COLORS, _axes, pretty_label, series_colors
 
 RUN_STYLES = ("-", "--", ":")  # one per run; dash-dot marks the gate
@@ -91,22 +90,3 @@ def plot_loss_dict(histories: Mapping[str, pd.DataFrame], update_conf: float, fi
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def loss_dict_events(histories: Mapping[str, pd.DataFrame], last: int = 5) -> pd.DataFrame:
-    """One row per run: the step at which the gate opened, the first step with the anchor CE
-    at exactly 0 (every anchor past ``filter_conf``), the later steps where it is above 0
-    again, and the pull at the gate and over the ``last`` steps."""
-    rows = {}
-    for run, h in histories.items():
-        gate = gate_opened_step(h)
-        zero = (h["anchor_ce"] == 0).to_numpy()
-        first = int(zero.argmax()) if zero.any() else None
-        back = [] if first is None else h["step"].to_numpy()[first:][~zero[first:]].tolist()
-        rows[run] = {"gate opens": gate,
-                     "anchor CE first 0": None if first is None else int(h["step"].iloc[first]),
-                     "anchor CE above 0 again": ", ".join(map(str, back)) or "never",
-                     "pull at gate": np.nan if gate is None else float(
-                         h.loc[h["step"] == gate, "pull"].iloc[0]),
-                     f"pull, last {last} steps": float(h["pull"].iloc[-last:].mean())}
-    return pd.DataFrame.from_dict(rows, orient="index")

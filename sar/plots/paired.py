@@ -2,8 +2,8 @@
 
 :func:`paired_gaps` pairs every method's per-seed value with the reference's at the same seed
 and setting; :func:`plot_paired_gaps` draws those gaps against a zero line (mean ± std or the
-95% Student-t interval, :func:`t_half_width`); :func:`plot_per_class_seeds` draws per-class
-values with a dot per seed and the same choice of interval.
+95% Student-t interval, :func:`sar.metrics.t_half_width`); :func:`plot_per_class_seeds` draws
+per-class values with a dot per seed and the same choice of interval.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from ..metrics.intervals import t_half_width
 from .results import _legend
 from .style import (
     ArrayLike,
@@ -28,22 +29,6 @@ from .style import (
 
 MAX_PAIRED_LEVELS = 5  # more methods per panel and the dots of their seeds run together
 PAIRED_INTERVALS = {"std": "mean ± std", "t95": "mean, 95% t-interval"}  # error bar -> legend
-
-
-def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of a mean of ``n`` values whose sample
-    std (ddof=1) is ``std``: ``t(1 - (1 - confidence) / 2, n - 1) · std / √n``; NaN for n < 2.
-
-    With three seeds (2 degrees of freedom) the 95% quantile is 4.303, so the interval is
-    mean ± 2.48 std: a paired gap is told apart from zero only when it is that far from it.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if n < 2:
-        return float("nan")
-    from scipy import stats  # scipy comes with scikit-learn; only needed here
-
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
 
 
 def paired_gaps(df: pd.DataFrame, value: str, reference: str, x: str, hue: str = "method",

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .style import _numpy, class_palette
+from .style import _numpy, class_palette, legend_entries
 
 
 def plot_gap_stages(
@@ -65,10 +65,8 @@ def plot_gap_stages(
              title="Each class's anchor vs its class's mean feature")
     right.set(ylabel="cos to own mean − cos to closest other (unitless)",
               title="Margin over the closest other class mean (> 0: nearer own)")
-    handles, labels = left.get_legend_handles_labels()
-    legend = dict(zip(labels, handles, strict=True))  # each label once
     fig.tight_layout(rect=(0, 0.13, 1, 1))
-    fig.legend(list(legend.values()), list(legend.keys()), frameon=False, ncol=6,
+    fig.legend(*legend_entries([left]), frameon=False, ncol=6,
                loc="lower center",
                title=f"big dot: a class's mean over {n_seeds} seeds; small dots: one seed each")
     return fig

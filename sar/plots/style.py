@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.colors import to_rgb
@@ -325,6 +326,16 @@ def figure_legend(fig: Figure, ax: Axes, title: str | None = None, **kwargs) -> 
             other.get_legend().remove()
     options = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5), "frameon": False}
     fig.legend(handles, labels, title=title or None, **(options | kwargs))
+
+
+def legend_entries(axes: Sequence[Axes]) -> tuple[list[Artist], list[str]]:
+    """The legend handles and labels of several panels, each label once (its first handle),
+    in order of first appearance: for one figure legend under panels that repeat entries."""
+    entries: dict[str, Artist] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
 
 
 def _numpy(x: ArrayLike | Sequence) -> np.ndarray:

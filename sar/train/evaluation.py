@@ -14,7 +14,7 @@ from .. import metrics
 from ..config import default_device
 from ..distributed import unwrap
 from ..labels import AUTO, class_labels, resolve_ignore_index
-from ..metrics.scores import gate_opened_step  # noqa: F401  (re-exported by sar.train)
+from ..metrics.history import gate_opened_step  # noqa: F401  (re-exported by sar.train)
 from .modes import modes_kept
 
 TASKS = ("classification", "segmentation")
