@@ -2,8 +2,9 @@
 
 :func:`plot_anchor_sweep` draws two panels over the dimension D (log axis), one line per anchor
 set with min-max bars over seeds: the mean absolute cosine over pairs (left) and the closest pair's
-angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF, the
-orthogonal 90°, and D = C - 1, where an ETF first exists) and one legend for both panels.
+angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF; the
+orthogonal 90°, drawn from D = C, where C orthogonal anchors first exist; and D = C - 1, where
+an ETF first exists) and one legend for both panels.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def plot_anchor_sweep(
                legend=None, title=f"Angle of the closest pair of {c} anchors",
                xlabel="dimension D (log scale)", ylabel="min pairwise angle (degrees)")
     right.axhline(simplex_angle, color="0.5", linestyle=":")
-    right.axhline(90, color="black", linestyle="-", linewidth=1.2, label="orthogonal, 90°")
+    if dims[-1] >= c:  # C orthogonal anchors need D >= C: the 90° line starts there
+        right.plot([c, dims[-1]], [90, 90], color="black", linestyle="-", linewidth=1.2,
+                   label=f"orthogonal, 90° (needs D ≥ C = {c})")
     right.axvline(c - 1, color="0.4", linestyle="-.", linewidth=1,
                   label=f"D = C - 1 = {c - 1}: an ETF exists from here")
     for ax in (left, right):
