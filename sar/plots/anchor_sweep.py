@@ -3,8 +3,8 @@
 :func:`plot_anchor_sweep` draws two panels over the dimension D (log axis), one line per anchor
 set with min-max bars over seeds: the mean absolute cosine over pairs (left) and the closest pair's
 angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF; orthogonal
-anchors' |cosine| 0 and 90°, drawn from the first swept D >= C, since C orthogonal anchors need
-D >= C; and D = C - 1, where an ETF first exists) and one legend for both panels.
+anchors' absolute cosine 0 and angle 90°, drawn from the first swept D >= C, since C orthogonal
+anchors need D >= C; and D = C - 1, where an ETF first exists) and one legend for both panels.
 """
 
 from __future__ import annotations
