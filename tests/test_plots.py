@@ -418,6 +418,23 @@ def test_anchor_probabilities_highlight_thickens_one_class_in_its_own_colour():
         plot_anchor_probabilities(probs, class_names=names, highlight="d")
 
 
+def test_anchor_probabilities_others_label_greys_the_rest_under_one_entry():
+    from sar.plots import class_palette, plot_anchor_probabilities
+
+    probs = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.85, 0.9]])
+    names = ["a", "b", "c"]
+    ax = plot_anchor_probabilities(probs, class_names=names, highlight="b",
+                                   others_label="other 2 classes", xlabel="SGD step")
+    lines = ax.get_lines()
+    assert lines[1].get_color() == class_palette(3, class_names=names)[1]
+    assert lines[0].get_color() == lines[2].get_color() == "0.65"
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["other 2 classes", "b"] and "a" not in labels and "c" not in labels
+    assert ax.get_xlabel() == "SGD step"
+    with pytest.raises(ValueError, match="others_label"):
+        plot_anchor_probabilities(probs, class_names=names, others_label="rest")
+
+
 def test_segmentation_comparison_rows_columns_and_accuracy_titles():
     from sar.plots import plot_segmentation_comparison
 

@@ -35,11 +35,16 @@ def test_anchor_sweep_has_both_panels_and_one_legend_with_distinct_entries():
     (legend,) = fig.legends
     labels = [text.get_text() for text in legend.get_texts()]
     assert len(labels) == len(set(labels))
-    assert {"gaussian", "hypersphere", "sqrt(2 / (pi D))", "orthogonal, 90°"} <= set(labels)
+    orthogonal_label = "orthogonal: |cosine| 0, angle 90° (needs D ≥ C = 4)"
+    assert {"gaussian", "hypersphere", "sqrt(2 / (pi D))", orthogonal_label} <= set(labels)
     styles = {label: (handle.get_linestyle(), handle.get_color())
               for label, handle in zip(labels, legend.legend_handles, strict=True)
-              if label in ("sqrt(2 / (pi D))", "orthogonal, 90°")}
-    assert styles["sqrt(2 / (pi D))"] != styles["orthogonal, 90°"]
+              if label in ("sqrt(2 / (pi D))", orthogonal_label)}
+    assert styles["sqrt(2 / (pi D))"] != styles[orthogonal_label]
+    for ax, level in ((left, 0.0), (right, 90.0)):  # both panels, on the grid from D = 8
+        (orthogonal,) = [line for line in ax.get_lines() if line.get_label().startswith("orth")]
+        assert list(orthogonal.get_xdata()) == [8, 32]  # no 4 orthogonal anchors in D = 2
+        assert list(orthogonal.get_ydata()) == [level, level]
     assert [t.get_text() for t in right.get_xticklabels()] == ["2", "8", "32"]
 
 

@@ -2,8 +2,9 @@
 
 :func:`plot_anchor_sweep` draws two panels over the dimension D (log axis), one line per anchor
 set with min-max bars over seeds: the mean absolute cosine over pairs (left) and the closest pair's
-angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF, the
-orthogonal 90°, and D = C - 1, where an ETF first exists) and one legend for both panels.
+angle (right), with the reference levels of ``num_classes`` anchors (the simplex ETF; orthogonal
+anchors' absolute cosine 0 and angle 90°, drawn from the first swept D >= C, since C orthogonal
+anchors need D >= C; and D = C - 1, where an ETF first exists) and one legend for both panels.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def plot_anchor_sweep(
         sweep: one row per (anchor set, D, seed) with columns ``hue``, ``"D"``,
             ``"mean_abs_cosine"`` and ``"min_angle_deg"``.
         num_classes: C, for the reference levels: the simplex ETF's absolute cosine ``1/(C-1)`` and
-            angle ``acos(-1/(C-1))``, and the vertical line at ``D = C - 1``.
+            angle ``acos(-1/(C-1))``, orthogonal anchors' 0 and 90° from the first swept
+            ``D >= C``, and the vertical line at ``D = C - 1``.
         expected: ``(dims, values)`` of a predicted mean absolute cosine curve (e.g. Gaussian
             anchors' ``sqrt(2 / (pi D))``), drawn black dashed on the left panel.
         expected_label: its legend entry.
@@ -56,7 +58,12 @@ def plot_anchor_sweep(
                legend=None, title=f"Angle of the closest pair of {c} anchors",
                xlabel="dimension D (log scale)", ylabel="min pairwise angle (degrees)")
     right.axhline(simplex_angle, color="0.5", linestyle=":")
-    right.axhline(90, color="black", linestyle="-", linewidth=1.2, label="orthogonal, 90°")
+    on_grid = [d for d in dims if d >= c]  # C orthogonal anchors need D >= C
+    if on_grid:  # their level on both panels, from the first swept D where they exist
+        label = f"orthogonal: |cosine| 0, angle 90° (needs D ≥ C = {c})"
+        for ax, level in ((left, 0.0), (right, 90.0)):
+            ax.plot([on_grid[0], on_grid[-1]], [level, level], color="black", linestyle="-",
+                    linewidth=1.2, label=label)
     right.axvline(c - 1, color="0.4", linestyle="-.", linewidth=1,
                   label=f"D = C - 1 = {c - 1}: an ETF exists from here")
     for ax in (left, right):

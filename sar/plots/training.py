@@ -240,6 +240,8 @@ def plot_anchor_probabilities(
     ax: Axes | None = None,
     title: str = "Own-class probability of each projected anchor",
     highlight: str | Sequence[str] | None = None,
+    others_label: str | None = None,
+    xlabel: str = "step",
 ) -> Axes:
     """One line per anchor: the probability the classifier gives anchor ``i`` for class ``i``.
 
@@ -255,10 +257,15 @@ def plot_anchor_probabilities(
         title: Axes title.
         highlight: class name(s) (of ``class_names``) to single out: their lines are drawn
             thick and on top, the other classes' thin and faded, each in its class colour.
+        others_label: with ``highlight``, draw the other classes thin in one grey instead,
+            under this single legend entry (e.g. ``"other 9 classes"``), so that the legend
+            names only the highlighted classes.
+        xlabel: x-axis label (say what a step trains).
 
     Raises:
-        ValueError: ``probs`` is not 2-D, ``steps`` does not match it, or a ``highlight``
-            name is not one of ``class_names``.
+        ValueError: ``probs`` is not 2-D, ``steps`` does not match it, a ``highlight``
+            name is not one of ``class_names``, or ``others_label`` is given without
+            ``highlight``.
     """
     p = _numpy(probs).astype(np.float64)
     if p.ndim != 2:
@@ -272,12 +279,19 @@ def plot_anchor_probabilities(
     chosen = [highlight] if isinstance(highlight, str) else list(highlight or [])
     if unknown := [name for name in chosen if name not in names]:
         raise ValueError(f"highlight names {unknown} are not among the classes {names}")
+    if others_label is not None and not chosen:
+        raise ValueError("others_label needs highlight: it names the classes not highlighted")
     ax = _axes(ax)
+    others_labelled = False
     for c in range(num_classes):
+        colour, label = palette[c], names[c]
         style = ({"linewidth": 1.4} if not chosen else
                  {"linewidth": 3.0, "zorder": 3} if names[c] in chosen else
                  {"linewidth": 0.9, "alpha": 0.45})
-        ax.plot(xs, p[:, c], color=palette[c], label=names[c], **style)
+        if chosen and names[c] not in chosen and others_label is not None:
+            colour, style = "0.65", {"linewidth": 0.9}  # one grey for all the others
+            label, others_labelled = ("_" if others_labelled else others_label), True
+        ax.plot(xs, p[:, c], color=colour, label=label, **style)
     if filter_conf is not None and filter_conf < 1:
         ax.axhline(filter_conf, color="0.2", linestyle="--", linewidth=1.0,
                    label=f"filter_conf = {filter_conf:g}")
@@ -289,6 +303,6 @@ def plot_anchor_probabilities(
                    label=f"gate opens (step {gate_step})")
     elif title:
         title = f"{title} (gate still closed)"
-    ax.set(title=title, xlabel="step", ylabel="probability of own class", ylim=(0.0, 1.02))
+    ax.set(title=title, xlabel=xlabel, ylabel="probability of own class", ylim=(0.0, 1.02))
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return ax
