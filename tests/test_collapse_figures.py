@@ -119,7 +119,7 @@ def test_plot_scatter_offset_stacks_the_means_and_clips_a_wrecked_run():
         plot_scatter_offset(rows.iloc[:0], COLOURS)
 
 
-def test_hollow_targets_draw_outlined_stars_beneath_the_dots():
+def test_hollow_targets_draw_outlined_stars_over_the_dots():
     from matplotlib.colors import to_rgb
 
     from sar.plots import class_palette, plot_feature_grid, plot_features_2d
@@ -136,11 +136,10 @@ def test_hollow_targets_draw_outlined_stars_beneath_the_dots():
         assert [to_rgb(line.get_markeredgecolor() if hollow else line.get_markerfacecolor())
                 for line in stars] == [to_rgb(p) for p in palette]  # the class's colour
         dots = min(collection.get_zorder() for collection in ax.collections)
-        if hollow:  # an outline, under the dots: a cloud on a star stays visible
+        assert all(line.get_zorder() > dots for line in stars)  # never hidden by a cloud
+        if hollow:  # an outline with a white rim: the cloud under a star stays visible
             assert all(line.get_markerfacecolor() == "none" for line in stars)
-            assert all(line.get_zorder() < dots and line.get_path_effects() for line in stars)
-        else:
-            assert all(line.get_zorder() > dots for line in stars)
+            assert all(line.get_path_effects() for line in stars)
     fig = plot_feature_grid({"SAR": {1: (features, labels, targets)}}, hollow_targets=True)
     assert all(line.get_markerfacecolor() == "none" for line in fig.axes[0].get_lines())
     assert fig.legends[0].legend_handles[-1].get_markerfacecolor() == "none"
