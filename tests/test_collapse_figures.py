@@ -144,3 +144,46 @@ def test_hollow_targets_draw_outlined_stars_over_the_dots():
     assert all(line.get_markerfacecolor() == "none" for line in fig.axes[0].get_lines())
     assert fig.legends[0].legend_handles[-1].get_markerfacecolor() == "none"
     plt.close("all")
+
+
+def test_plot_feature_step_draws_each_move_to_scale_from_before_to_after():
+    from sar.plots import plot_feature_step
+
+    before = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    after = torch.tensor([[3.0, 0.0], [1.0, -2.0], [0.5, 1.0]])
+    targets = torch.tensor([[4.0, 4.0], [-1.0, 0.0]])
+    ax = plot_feature_step(before, after, torch.tensor([0, 1, 1]), targets)
+    quiver = next(c for c in ax.collections if c.__class__.__name__ == "Quiver")
+    assert np.allclose(np.c_[quiver.U, quiver.V], (after - before).numpy())  # one arrow a move
+    assert np.allclose(quiver.get_offsets(), before.numpy())  # starting where the feature was
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert math.isclose(x1 - x0, y1 - y0)  # one scale on both axes
+    for x, y in torch.cat([before, after, targets]).tolist():  # both ends and every star shown
+        assert x0 < x < x1 and y0 < y < y1
+    assert sum(line.get_marker() == "*" for line in ax.get_lines()) == len(targets)
+    with pytest.raises(ValueError, match="both be"):
+        plot_feature_step(before, after[:2], torch.tensor([0, 1, 1]))
+    plt.close("all")
+
+
+def test_strength_styles_shade_the_method_and_grey_the_control():
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    from sar.plots import method_color, strength_styles
+
+    labels = ["SAR, 0", "SAR, 0.1", "SAR, 1", "SAR, 10"]
+    style = strength_styles(labels, control="SAR, 0")
+    assert set(style) == {"colors", "linestyles", "markers"}
+    for part in style.values():
+        assert list(part) == labels
+        assert len(set(map(str, part.values()))) == len(labels)  # every run told apart
+    grey = to_rgb(style["colors"]["SAR, 0"])
+    assert max(grey) - min(grey) < 1e-9  # the control is grey, not one more shade
+    values = [rgb_to_hsv(to_rgb(style["colors"][label]))[2] for label in labels[1:]]
+    assert values == sorted(values, reverse=True)  # light to dark as the strength grows
+    hue = rgb_to_hsv(to_rgb(method_color("SAR")))[0]
+    assert all(abs(rgb_to_hsv(to_rgb(style["colors"][label]))[0] - hue) < 0.05
+               for label in labels[1:])  # SAR's own hue
+    with pytest.raises(ValueError, match="control"):
+        strength_styles(labels, control="CE")
+    plt.close("all")

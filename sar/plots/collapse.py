@@ -1,9 +1,12 @@
-"""Figures of notebook 02's collapse runs: where each run ends and what it paid for it.
+"""Figures of notebook 02's collapse runs: where each run ends and what it paid for it
+(:func:`plot_recipe_costs`, :func:`plot_scatter_offset`), and one training step seen in 2-D
+(:func:`plot_feature_step`).
 
-Both take one row per (run, seed), as :func:`sar.experiments.collapse.epoch_table` (its last
-epoch) and :func:`sar.experiments.collapse.scatter_offset_rows` give them, and colour each run
-by a given ``{run: colour}``: the runs of one method at several strengths are shades of the
-method's colour, which :func:`~sar.plots.style.method_color` alone cannot tell apart.
+The first two take one row per (run, seed), as :func:`sar.experiments.collapse.epoch_table`
+(its last epoch) and :func:`sar.experiments.collapse.scatter_offset_rows` give them, and
+colour each run by a given ``{run: colour}``: the runs of one method at several strengths are
+shades of the method's colour (:func:`~sar.plots.style.strength_styles`), which
+:func:`~sar.plots.style.method_color` alone cannot tell apart.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .geometry import _square_limits, plot_features_2d
 from .paired import paired_gaps
-from .style import _axes, readable_log_axis, tick_labels
+from .style import ArrayLike, _axes, _numpy, class_palette, readable_log_axis, tick_labels
 
 
 def _runs(rows: pd.DataFrame, colors: Mapping[str, Any]) -> list[str]:
@@ -176,4 +180,51 @@ def plot_scatter_offset(
                              label="offset (class means from targets)"),
                        Line2D([], [], marker="o", color="0.15", linestyle="",
                               label="one seed's total")], frameon=False, fontsize=8)
+    return ax
+
+
+def plot_feature_step(
+    before: ArrayLike,
+    after: ArrayLike,
+    labels: ArrayLike,
+    targets: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    legend: bool = False,
+    target_label: str = "target",
+) -> Axes:
+    """One training step seen in 2-D: each feature's move as an arrow, from where it was
+    (a small hollow circle) to where the step put it (a dot, as :func:`plot_features_2d` draws
+    it), with the class targets as hollow stars on top.
+
+    The square view holds every target and both ends of every arrow, on one scale for both
+    axes, so the length of an arrow reads as the distance the feature moved.
+
+    Args:
+        before, after: ``(N, 2)`` the same features before and after the step.
+        labels: ``(N,)`` integer classes; targets: ``(C, 2)`` or None.
+        class_names, ax, title, legend, target_label: as in :func:`plot_features_2d`.
+
+    Raises:
+        ValueError: ``before`` and ``after`` of different shapes, or not ``(N, 2)``.
+    """
+    start, end = _numpy(before).astype(np.float64), _numpy(after).astype(np.float64)
+    if start.shape != end.shape or start.ndim != 2 or start.shape[1] != 2:
+        raise ValueError(f"before and after must both be (N, 2), got {start.shape} and "
+                         f"{end.shape}")
+    labs = _numpy(labels).astype(np.int64)
+    stars = None if targets is None else _numpy(targets).astype(np.float64)
+    view = _square_limits(np.concatenate([start, end]), stars, coverage=1.0)
+    ax = plot_features_2d(end, labs, stars, class_names=class_names, ax=ax, title=title,
+                          legend=legend, target_label=target_label, view=view,
+                          max_points=len(end), hollow_targets=True)
+    palette = class_palette(max(int(labs.max()) + 1, 0 if stars is None else len(stars)), None,
+                            class_names)
+    colours = [palette[c] for c in labs]
+    ax.scatter(start[:, 0], start[:, 1], s=9, facecolors="none", edgecolors=colours,
+               linewidths=0.6, alpha=0.6, zorder=1)
+    move = end - start  # drawn to scale: an arrow is as long as the move
+    ax.quiver(start[:, 0], start[:, 1], move[:, 0], move[:, 1], color=colours, angles="xy",
+              scale_units="xy", scale=1, width=0.003, alpha=0.55, zorder=2)
     return ax
