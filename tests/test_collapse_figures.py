@@ -96,7 +96,17 @@ def test_plot_recipe_costs_draws_paired_means_and_marks_a_mean_below_the_floor()
     assert bars[0].lines[0].get_ydata()[0] == pytest.approx(0.0)  # A: +1, -2, +1
     assert any(t.get_text() == "-45.0" for t in right.texts)
     assert right.get_ylim()[0] == -20
+    # the bar: A's 95 % t-interval, t(0.975, 2) · std / √3 with std √3, i.e. ± 4.303
+    (low, high) = bars[0].lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((-4.303, 4.303), abs=1e-3)
+    assert "95 % t-interval" in right.get_legend().get_texts()[1].get_text()
     plt.close(fig)
+    fig = plot_recipe_costs(_final(), COLOURS, floor=-20, interval="std")
+    (bar,) = [c for c in fig.axes[1].containers if isinstance(c, ErrorbarContainer)]
+    assert bar.lines[2][0].get_segments()[0][:, 1] == pytest.approx([-math.sqrt(3), math.sqrt(3)])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="interval"):
+        plot_recipe_costs(_final(), COLOURS, interval="sem")
     with pytest.raises(ValueError, match="no colour"):
         plot_recipe_costs(_final(), {"CE": "C0"})
     with pytest.raises(ValueError, match="several rows"):
@@ -114,6 +124,12 @@ def test_plot_scatter_offset_stacks_the_means_and_clips_a_wrecked_run():
     assert [p.get_height() for p in hatched] == pytest.approx([0.0, 0.2, 6.0])
     assert ax.get_ylim()[1] == pytest.approx(1.3 * 0.4)
     assert any(t.get_text() == "6.30" for t in ax.texts)
+    # the clipped value is written dark, on a white box, not in the bar's own colour
+    (clipped,) = [t for t in ax.texts if t.get_text() == "6.30"]
+    assert clipped.get_color() == "0.1" and clipped.get_bbox_patch() is not None
+    # the hatching: a darker shade of the run's colour, opaque, over the pale fill
+    assert hatched[1].get_edgecolor()[3] == 1.0
+    assert hatched[1].get_facecolor()[3] == pytest.approx(0.35)
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="no rows"):
         plot_scatter_offset(rows.iloc[:0], COLOURS)
