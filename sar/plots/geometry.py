@@ -409,7 +409,8 @@ def plot_feature_grid(
     share: str | Mapping[str, str | None] | None = None,
     **options: Any,
 ) -> Figure:
-    """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch.
+    """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch, every
+    panel's title in one size (11 pt), a note such as "no targets yet" included.
 
     Args:
         panels: ``{row label: {epoch: (features (N, 2), labels (N,), targets (C, 2) or
@@ -452,7 +453,8 @@ def plot_feature_grid(
             plot_features_2d(features, labels, targets, class_names=class_names, ax=ax,
                              title=title, legend=False, view=view, **options)
             ax.set(xlabel="", ylabel="")
-            ax.tick_params(labelsize=7, labelleft=not shared or epoch == min(row))
+            ax.title.set_fontsize(11)  # one size for every panel, with or without a note
+            ax.tick_params(labelsize=8, labelleft=not shared or epoch == min(row))
         row_axes[0].set_ylabel(f"{label}\nstars: {target_names.get(label, 'targets')}",
                                fontsize=10)
     num_classes = max(max(int(_numpy(labels).max()) + 1, 0 if targets is None else len(targets))
