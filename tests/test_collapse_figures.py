@@ -96,7 +96,17 @@ def test_plot_recipe_costs_draws_paired_means_and_marks_a_mean_below_the_floor()
     assert bars[0].lines[0].get_ydata()[0] == pytest.approx(0.0)  # A: +1, -2, +1
     assert any(t.get_text() == "-45.0" for t in right.texts)
     assert right.get_ylim()[0] == -20
+    # the bar: A's 95 % t-interval, t(0.975, 2) · std / √3 with std √3, i.e. ± 4.303
+    (low, high) = bars[0].lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((-4.303, 4.303), abs=1e-3)
+    assert "95 % t-interval" in right.get_legend().get_texts()[1].get_text()
     plt.close(fig)
+    fig = plot_recipe_costs(_final(), COLOURS, floor=-20, interval="std")
+    (bar,) = [c for c in fig.axes[1].containers if isinstance(c, ErrorbarContainer)]
+    assert bar.lines[2][0].get_segments()[0][:, 1] == pytest.approx([-math.sqrt(3), math.sqrt(3)])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="interval"):
+        plot_recipe_costs(_final(), COLOURS, interval="sem")
     with pytest.raises(ValueError, match="no colour"):
         plot_recipe_costs(_final(), {"CE": "C0"})
     with pytest.raises(ValueError, match="several rows"):
@@ -114,12 +124,18 @@ def test_plot_scatter_offset_stacks_the_means_and_clips_a_wrecked_run():
     assert [p.get_height() for p in hatched] == pytest.approx([0.0, 0.2, 6.0])
     assert ax.get_ylim()[1] == pytest.approx(1.3 * 0.4)
     assert any(t.get_text() == "6.30" for t in ax.texts)
+    # the clipped value is written dark, on a white box, not in the bar's own colour
+    (clipped,) = [t for t in ax.texts if t.get_text() == "6.30"]
+    assert clipped.get_color() == "0.1" and clipped.get_bbox_patch() is not None
+    # the hatching: a darker shade of the run's colour, opaque, over the pale fill
+    assert hatched[1].get_edgecolor()[3] == 1.0
+    assert hatched[1].get_facecolor()[3] == pytest.approx(0.35)
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="no rows"):
         plot_scatter_offset(rows.iloc[:0], COLOURS)
 
 
-def test_hollow_targets_draw_outlined_stars_beneath_the_dots():
+def test_hollow_targets_draw_outlined_stars_over_the_dots():
     from matplotlib.colors import to_rgb
 
     from sar.plots import class_palette, plot_feature_grid, plot_features_2d
@@ -136,12 +152,54 @@ def test_hollow_targets_draw_outlined_stars_beneath_the_dots():
         assert [to_rgb(line.get_markeredgecolor() if hollow else line.get_markerfacecolor())
                 for line in stars] == [to_rgb(p) for p in palette]  # the class's colour
         dots = min(collection.get_zorder() for collection in ax.collections)
-        if hollow:  # an outline, under the dots: a cloud on a star stays visible
+        assert all(line.get_zorder() > dots for line in stars)  # never hidden by a cloud
+        if hollow:  # an outline with a white rim: the cloud under a star stays visible
             assert all(line.get_markerfacecolor() == "none" for line in stars)
-            assert all(line.get_zorder() < dots and line.get_path_effects() for line in stars)
-        else:
-            assert all(line.get_zorder() > dots for line in stars)
+            assert all(line.get_path_effects() for line in stars)
     fig = plot_feature_grid({"SAR": {1: (features, labels, targets)}}, hollow_targets=True)
     assert all(line.get_markerfacecolor() == "none" for line in fig.axes[0].get_lines())
     assert fig.legends[0].legend_handles[-1].get_markerfacecolor() == "none"
+    plt.close("all")
+
+
+def test_plot_feature_step_draws_each_move_to_scale_from_before_to_after():
+    from sar.plots import plot_feature_step
+
+    before = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    after = torch.tensor([[3.0, 0.0], [1.0, -2.0], [0.5, 1.0]])
+    targets = torch.tensor([[4.0, 4.0], [-1.0, 0.0]])
+    ax = plot_feature_step(before, after, torch.tensor([0, 1, 1]), targets)
+    quiver = next(c for c in ax.collections if c.__class__.__name__ == "Quiver")
+    assert np.allclose(np.c_[quiver.U, quiver.V], (after - before).numpy())  # one arrow a move
+    assert np.allclose(quiver.get_offsets(), before.numpy())  # starting where the feature was
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert math.isclose(x1 - x0, y1 - y0)  # one scale on both axes
+    for x, y in torch.cat([before, after, targets]).tolist():  # both ends and every star shown
+        assert x0 < x < x1 and y0 < y < y1
+    assert sum(line.get_marker() == "*" for line in ax.get_lines()) == len(targets)
+    with pytest.raises(ValueError, match="both be"):
+        plot_feature_step(before, after[:2], torch.tensor([0, 1, 1]))
+    plt.close("all")
+
+
+def test_strength_styles_shade_the_method_and_grey_the_control():
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    from sar.plots import method_color, strength_styles
+
+    labels = ["SAR, 0", "SAR, 0.1", "SAR, 1", "SAR, 10"]
+    style = strength_styles(labels, control="SAR, 0")
+    assert set(style) == {"colors", "linestyles", "markers"}
+    for part in style.values():
+        assert list(part) == labels
+        assert len(set(map(str, part.values()))) == len(labels)  # every run told apart
+    grey = to_rgb(style["colors"]["SAR, 0"])
+    assert max(grey) - min(grey) < 1e-9  # the control is grey, not one more shade
+    values = [rgb_to_hsv(to_rgb(style["colors"][label]))[2] for label in labels[1:]]
+    assert values == sorted(values, reverse=True)  # light to dark as the strength grows
+    hue = rgb_to_hsv(to_rgb(method_color("SAR")))[0]
+    assert all(abs(rgb_to_hsv(to_rgb(style["colors"][label]))[0] - hue) < 0.05
+               for label in labels[1:])  # SAR's own hue
+    with pytest.raises(ValueError, match="control"):
+        strength_styles(labels, control="CE")
     plt.close("all")

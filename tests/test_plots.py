@@ -688,6 +688,8 @@ def test_plot_feature_grid_has_a_row_per_run_a_column_per_epoch_and_one_legend()
     assert len(axes) == 6
     assert axes[0].get_title() == "epoch 1" and axes[1].get_title() == "epoch 5"
     assert axes[2].get_title() == "epoch 1\n(no semantic anchors yet)"
+    # one title size, whether or not the title carries a note
+    assert {axes[i].title.get_fontsize() for i in (0, 1, 2, 3, 5)} == {11}
     assert not axes[4].axison  # prototypes have no epoch-1 panel
     assert axes[2].get_ylabel() == "SAR\nstars: semantic anchors"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c",

@@ -11,7 +11,7 @@ and :func:`plot_scatter_offset` draw notebook 02's collapse runs.
 """
 
 from ..metrics.intervals import t_half_width  # beside the paired figures that draw it
-from .collapse import plot_recipe_costs, plot_scatter_offset
+from .collapse import plot_feature_step, plot_recipe_costs, plot_scatter_offset
 from .diagram import loss_equation, plot_sar_pipeline, sar_defaults
 from .geometry import (
     cosine_matrix,
@@ -54,6 +54,7 @@ from .style import (
     pretty_label,
     readable_log_axis,
     series_colors,
+    strength_styles,
     tick_labels,
     use_style,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "plot_bars",
     "plot_embedding",
     "plot_feature_grid",
+    "plot_feature_step",
     "plot_features_2d",
     "plot_target_distances",
     "plot_metric_curves",
@@ -109,6 +111,7 @@ __all__ = [
     "readable_log_axis",
     "sar_defaults",
     "series_colors",
+    "strength_styles",
     "sweep_summary",
     "t_half_width",
     "tick_labels",

@@ -351,9 +351,9 @@ def plot_features_2d(
             :func:`~sar.plots.style.figure_legend`); ``target_label`` names the stars in it.
         view: ``((x0, x1), (y0, y1))`` to draw instead of the computed square view (panels
             sharing one scale); the points outside it are counted.
-        hollow_targets: draw each star as an outline only (its class's colour inside a black
-            or white rim), a little smaller and beneath the dots, so a cloud that sits on a star
-            stays visible.
+        hollow_targets: draw each star as an outline only (its class's colour inside a white
+            rim), larger and on top of the dots, so the star shows over a cloud
+            and the cloud shows through the star.
 
     Raises:
         ValueError: features that are not ``(N, 2)`` (project wider ones with
@@ -378,11 +378,12 @@ def plot_features_2d(
                    linewidths=0)
     if stars is not None:
         for c, (x, y) in enumerate(stars):
-            if hollow_targets:  # a rimmed outline under the dots: a cloud on a star shows
-                ax.plot(x, y, marker="*", markersize=12, linestyle="none", color=palette[c],
-                        markerfacecolor="none", markeredgecolor=palette[c], markeredgewidth=1.4,
-                        zorder=0.9, path_effects=[patheffects.withStroke(
-                            linewidth=2.8, foreground=_edge_for(palette[c]))])
+            if hollow_targets:  # an outline on top of the dots: the cloud shows through it
+                ax.plot(x, y, marker="*", markersize=17, linestyle="none", color=palette[c],
+                        markerfacecolor="none", markeredgecolor=palette[c], markeredgewidth=2.2,
+                        zorder=3, path_effects=[  # a white rim sets the star off the cloud
+                            patheffects.Stroke(linewidth=5.0, foreground="white"),
+                            patheffects.Normal()])
             else:
                 ax.plot(x, y, marker="*", markersize=15, linestyle="none", color=palette[c],
                         markeredgecolor=_edge_for(palette[c]), markeredgewidth=1.0, zorder=3)
@@ -408,7 +409,8 @@ def plot_feature_grid(
     share: str | Mapping[str, str | None] | None = None,
     **options: Any,
 ) -> Figure:
-    """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch.
+    """Small multiples of :func:`plot_features_2d`: a row per run, a column per epoch, every
+    panel's title in one size (11 pt), a note such as "no targets yet" included.
 
     Args:
         panels: ``{row label: {epoch: (features (N, 2), labels (N,), targets (C, 2) or
@@ -451,7 +453,8 @@ def plot_feature_grid(
             plot_features_2d(features, labels, targets, class_names=class_names, ax=ax,
                              title=title, legend=False, view=view, **options)
             ax.set(xlabel="", ylabel="")
-            ax.tick_params(labelsize=7, labelleft=not shared or epoch == min(row))
+            ax.title.set_fontsize(11)  # one size for every panel, with or without a note
+            ax.tick_params(labelsize=8, labelleft=not shared or epoch == min(row))
         row_axes[0].set_ylabel(f"{label}\nstars: {target_names.get(label, 'targets')}",
                                fontsize=10)
     num_classes = max(max(int(_numpy(labels).max()) + 1, 0 if targets is None else len(targets))

@@ -263,6 +263,42 @@ def level_colors(levels: Iterable[object]) -> list[Colour]:
     return [method_color(level) if canonical_method(level) else next(spare) for level in levels]
 
 
+def strength_styles(labels: Sequence[str], method: str = "SAR",
+                    control: str | None = None) -> dict[str, dict[str, object]]:
+    """Colour, line style and marker for runs of one method at several strengths (e.g. SAR at
+    ``trade_off`` 0.1, 1 and 10), to pass as ``**style`` to :func:`plot_metric_curves`.
+
+    The method keeps its fixed hue (:func:`method_color`): the strengths run from a light
+    shade to a dark one in the order given, and ``control`` (a run with the term switched off,
+    e.g. ``trade_off`` 0), if given, is grey, so that it never reads as one more strength.
+    Line styles and markers differ too, so the runs stay apart in greyscale.
+
+    Returns:
+        ``{"colors": {label: colour}, "linestyles": {label: str}, "markers": {label: str}}``.
+
+    Raises:
+        ValueError: ``control`` not among ``labels``, or more than four other labels.
+    """
+    labels = list(labels)
+    if control is not None and control not in labels:
+        raise ValueError(f"control {control!r} is not one of the labels {labels}")
+    strengths = [label for label in labels if label != control]
+    if len(strengths) > 4:
+        raise ValueError(f"at most four strengths besides the control, got {len(strengths)}")
+    base = method_color(method)
+    light, dark = sns.light_palette(base, 4)[1], sns.dark_palette(base, 4)[1]
+    shades = (sns.blend_palette([light, base, dark], len(strengths)) if len(strengths) > 1
+              else [base])
+    colours = dict(zip(strengths, [tuple(c) for c in shades], strict=True))
+    styles = dict(zip(strengths, ["-", "--", "-.", (0, (5, 1))], strict=False))
+    markers = dict(zip(strengths, ["o", "s", "D", "^"], strict=False))
+    if control is not None:
+        colours[control], styles[control], markers[control] = (0.55, 0.55, 0.55), ":", "v"
+    return {"colors": {label: colours[label] for label in labels},
+            "linestyles": {label: styles[label] for label in labels},
+            "markers": {label: markers[label] for label in labels}}
+
+
 def series_colors(columns: Iterable[object]) -> list[Colour]:
     """Colours for curves of logged columns, in order: a method (``"CE run"``) its fixed
     colour, a logged quantity of :data:`TERM_COLORS` (``"anchor_ce"``, ``"pull"``) its fixed
