@@ -186,6 +186,15 @@ def test_per_class_log_values_and_the_count_axis_label():
     plt.close("all")
 
 
+def test_per_class_without_the_counts_line_keeps_the_order_and_one_axes():
+    ax = plot_per_class({"pixels": np.array([0.1, 0.6, 0.3]), "pull": np.array([0.5, 0.2, 0.3])},
+                        np.array([1, 6, 3]), class_names=list("abc"), counts_line=False)
+    assert ax.figure.axes == [ax]  # no twin axis
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "c", "a"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pixels", "pull"]
+    plt.close("all")
+
+
 def test_per_class_grouped_bars_for_several_methods():
     counts = torch.tensor([3, 30, 10])
     methods = {"CE": torch.tensor([0.2, 0.8, 0.5]), "SAR": torch.tensor([0.3, 0.7, 0.6])}

@@ -289,3 +289,15 @@ def test_a_tau_row_trains_logit_adjusted_ce_at_its_own_tau(monkeypatch):
     _, criterion = methods.build("logit_adjusted", net, counts=[70, 20, 10],
                                  **runs["logit_adjusted_tau0.25"].options["method_options"])
     assert criterion.tau == 0.25
+
+
+def test_scene_rows_are_shaped_like_the_csv_rows_and_pair_by_seed():
+    from sar.experiments import scene_rows
+
+    scores = {"mIoU": 0.5, "pixel_accuracy": 0.9, "per_class_iou": [0.9, 0.4, 0.2]}
+    runs = {"ce": {"scores": scores}, "sar": {"scores": {**scores, "mIoU": 0.6}}}
+    rows = scene_rows(runs, seed=3)
+    assert list(rows.columns) == ["method", "seed", "mIoU", "pixel_accuracy",
+                                  "iou_class_0", "iou_class_1", "iou_class_2"]
+    assert rows.method.tolist() == ["ce", "sar"] and rows.seed.tolist() == [3, 3]
+    assert rows.mIoU.tolist() == [0.5, 0.6] and rows.iou_class_2.tolist() == [0.2, 0.2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -374,12 +374,34 @@ def run_segmentation(run: Run, setup: SegmentationSetup, device: torch.device,
     """
     out = train_on_scenes(method_name(run), run.options["arch"], setup, run.seed, device,
                           cache, options=run.options.get("method_options"))
-    scores = out["scores"]
-    row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
-    row |= {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
+    row = _scores_row(out["scores"])
     row["gate_opened_step"] = gate_opened_step(out["history"])
     row |= out["encoder"] | {"steps": setup.steps}
     return row
+
+
+def _scores_row(scores: Mapping[str, Any]) -> dict[str, float]:
+    """``mIoU``, ``pixel_accuracy`` and ``iou_class_k`` of a run's ``scores``: the CSV's columns."""
+    row = {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"]}
+    return row | {f"iou_class_{k}": v for k, v in enumerate(scores["per_class_iou"])}
+
+
+def scene_rows(runs: Mapping[str, Mapping[str, Any]], seed: int) -> pd.DataFrame:
+    """Trained scene runs as rows shaped like the segmentation CSVs (:func:`run_segmentation`),
+    so that a notebook's own runs and committed rows (:func:`~sar.experiments.load_results`)
+    can be concatenated and paired by seed.
+
+    Args:
+        runs: method name (``"ce"``, ``"sar"``, ...) -> a result of :func:`cached_scene_run`
+            or :func:`cached_scene_runs` (anything with its ``"scores"``).
+        seed: the training seed of these runs, written in every row.
+
+    Returns:
+        One row per method: ``method``, ``seed``, ``mIoU``, ``pixel_accuracy`` and
+        ``iou_class_k`` (fractions; mask id k, 0 = background).
+    """
+    return pd.DataFrame([{"method": method, "seed": seed, **_scores_row(run["scores"])}
+                         for method, run in runs.items()])
 
 
 def scene_shot_groups(setup: SegmentationSetup) -> dict[str, list[int]]:

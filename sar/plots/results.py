@@ -37,6 +37,7 @@ def plot_per_class(
     log_counts: bool = True,
     log_values: bool = False,
     counts_label: str = "training samples per class",
+    counts_line: bool = True,
 ) -> Axes:
     """Bars per class ordered by training count (descending), counts as a line on a twin axis.
 
@@ -53,6 +54,9 @@ def plot_per_class(
         log_values: logarithmic bar axis (shares that span decades, e.g. pixel shares).
         counts_label: what the counts are, for the count axis's label (e.g. "training pixels
             per class"); " (log scale)" is appended when that axis is logarithmic.
+        counts_line: draw the counts on the twin axis; ``False`` when one of the bar series
+            already is the counts (e.g. each class's share of the pixels): ``counts`` then
+            only sets the order, and ``log_counts`` and ``counts_label`` are unused.
     """
     series = dict(values) if isinstance(values, Mapping) else {label or "value": values}
     n = _numpy(counts).astype(float)
@@ -86,7 +90,10 @@ def plot_per_class(
         ax.set_xlabel("class (sorted by training count, head → tail)")
     else:
         ax.set_xlabel("class rank by training count (head → tail)")
-    _count_axis(ax, pos, n[order], log_counts, counts_label)
+    if counts_line:
+        _count_axis(ax, pos, n[order], log_counts, counts_label)
+    else:
+        ax.legend(frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(series))
     return ax
 
 
