@@ -27,6 +27,7 @@ from sar.experiments import (
     markdown_table,
     method_name,
     paired_gap,
+    paired_gap_interval,
     paired_gap_table,
     render_all,
     results_or_reduced_grid,
@@ -122,6 +123,17 @@ def test_paired_gap_pairs_by_seed():
                        "acc": [0.6, 0.9, 0.5, 0.6, 0.1]})
     mean, std, n = paired_gap(df, "acc", "a", "b")
     assert n == 2 and mean == pytest.approx(0.2) and std == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_paired_gap_interval_is_the_student_t_half_width_of_the_paired_mean():
+    df = pd.DataFrame({"method": ["a", "a", "b", "b", "b"], "seed": [0, 1, 0, 1, 2],
+                       "acc": [0.6, 0.9, 0.5, 0.6, 0.1]})
+    mean, half, n = paired_gap_interval(df, "acc", "a", "b")
+    # gaps 0.1 and 0.3: std 0.1414, t(0.975, 1 dof) = 12.706, half = 12.706 * 0.1414 / sqrt(2)
+    assert n == 2 and mean == pytest.approx(0.2) and half == pytest.approx(1.2706, abs=1e-3)
+    one = df[df["seed"] == 0]
+    mean, half, n = paired_gap_interval(one, "acc", "a", "b")
+    assert n == 1 and mean == pytest.approx(0.1) and half != half  # NaN
 
 
 def test_paired_gap_table_against_a_reference_setting():

@@ -83,6 +83,15 @@ def paired_gap(df: pd.DataFrame, metric: str, a: str, b: str,
     return float(paired.mean()), float(paired.std(ddof=1)), len(paired)
 
 
+def paired_gap_interval(df: pd.DataFrame, metric: str, a: str, b: str,
+                        by: str = "method") -> tuple[float, float, int]:
+    """:func:`paired_gap`'s mean, the half-width of its 95% Student-t interval
+    (:func:`sar.metrics.t_half_width`; NaN for one seed) and the number of seeds: the gap is
+    clear when ``abs(mean) > half``. Same units as ``metric``."""
+    mean, std, n = paired_gap(df, metric, a, b, by)
+    return mean, (t_half_width(std, n) if n > 1 else float("nan")), n
+
+
 def paired_gap_table(df: pd.DataFrame, by: str, reference: str, metrics: list[str],
                      columns: str | None = None, scale: float = 100.0,
                      label: Callable[[str], str] = str, counts: bool = True,
